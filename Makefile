@@ -1,0 +1,72 @@
+# muco-pipeline: the two commands are `make run` (reproduce the pipeline) and `make test`.
+# Everything is installed into project-local environments:
+#   .venv      the project (torch, transformers, Dagster, test tools)
+#   .venv-dvc  DVC alone: its antlr4 pin would break Dagster's asset-selection parser.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+DVC_VENV ?= .venv-dvc
+PY := $(VENV)/bin/python
+DVC := $(CURDIR)/$(DVC_VENV)/bin/dvc
+# CPU machines get the CPU build of torch pinned; where nvidia-smi exists the user's torch is
+# kept (install it into .venv first, or build the venv with VENV_FLAGS=--system-site-packages).
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
+TORCH_CONSTRAINTS ?= $(if $(HAS_GPU),,constraints/cpu.txt)
+EXTRAS ?= orchestration,dev
+VENV_FLAGS ?=
+PYTEST_ARGS ?=
+export MUCO_DVC := $(DVC)
+export DAGSTER_HOME := $(CURDIR)/.dagster
+
+.PHONY: help install run test test-all ui lint format clean
+
+help:
+	@echo "make run       install, reproduce the pipeline with dvc repro, print a summary"
+	@echo "make test      install dev dependencies and run the test suite (without slow tests)"
+	@echo "make test-all  the whole suite, slow end-to-end tests included"
+	@echo "make ui        start the Dagster UI on http://127.0.0.1:3000"
+	@echo "make lint      ruff check and format check"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+
+$(VENV)/.installed: pyproject.toml $(TORCH_CONSTRAINTS) | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS)) -e ".[$(EXTRAS)]"
+	touch $@
+
+$(DVC): constraints/dvc.txt
+	$(PYTHON) -m venv $(DVC_VENV)
+	$(DVC_VENV)/bin/python -m pip install --quiet -r constraints/dvc.txt
+	touch $@
+
+install: $(VENV)/.installed $(DVC)
+
+run: install
+	mkdir -p $(DAGSTER_HOME)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(DVC) repro
+	$(VENV)/bin/muco summary
+
+test: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+ui: install
+	mkdir -p $(DAGSTER_HOME)
+	exec $(VENV)/bin/dagster dev --host 127.0.0.1 --port 3000
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) $(DVC_VENV) .pytest_cache .ruff_cache
