@@ -1,0 +1,1 @@
+"""muco: universal multimodal embeddings by multi-turn contrastive learning."""

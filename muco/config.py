@@ -1,0 +1,518 @@
+"""Typed, frozen models of ``params.yaml``: the single source of every hyperparameter.
+
+``params.yaml`` has one section per pipeline stage (``images``, ``backbone``, ``synthesize``,
+``validate``, ``train``, ``evaluate``). :func:`load_params` parses it into :class:`Params`.
+Every model forbids unknown keys and is immutable, so a typo in a key is an error naming the
+key's full path (``train.deepspeed.zero_stag: unknown key``) instead of a silently ignored
+setting. Machine specifics (GPU count on a node, cache directories, endpoint API keys) are
+environment variables, never parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from muco.images.formats import IMAGE_EXTENSIONS
+
+__all__ = [
+    "BackboneConfig",
+    "ConfigError",
+    "DecodeLimits",
+    "EvaluateConfig",
+    "ImagesConfig",
+    "Params",
+    "SynthesizeConfig",
+    "TinyBackboneConfig",
+    "TrainConfig",
+    "ValidateConfig",
+    "expand_environment",
+    "load_params",
+    "params_hash",
+    "parse_params",
+]
+
+
+class ConfigError(ValueError):
+    """A parameter file that cannot be used; the message names the file and each bad key path."""
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors and instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+# --------------------------------------------------------------------------- images
+
+
+class DecodeLimits(StrictModel):
+    """Limits applied to every untrusted image before and while it is decoded."""
+
+    max_bytes: PositiveInt = 64 * 2**20
+    max_pixels: PositiveInt = 64_000_000
+    min_side: PositiveInt = 16
+
+
+class SceneCounts(StrictModel):
+    """How many scenes each split of the scene world holds."""
+
+    train: NonNegativeInt = 600
+    test: NonNegativeInt = 100
+    test_unseen: NonNegativeInt = 100
+
+
+class ScenesSource(StrictModel):
+    """Rendered scenes with known scene graphs: the offline pool and scenes-bench ground truth."""
+
+    kind: Literal["scenes"] = "scenes"
+    seed: int = 0
+    image_size: Annotated[int, Field(ge=28, le=2048)] = 112
+    counts: SceneCounts = SceneCounts()
+    min_objects: Annotated[int, Field(ge=1, le=9)] = 1
+    max_objects: Annotated[int, Field(ge=1, le=9)] = 5
+
+    @model_validator(mode="after")
+    def _objects_range(self) -> ScenesSource:
+        if self.min_objects > self.max_objects:
+            raise ValueError(
+                f"min_objects ({self.min_objects}) exceeds max_objects ({self.max_objects})"
+            )
+        return self
+
+
+class FolderSource(StrictModel):
+    """Every image file below a local folder, recursively."""
+
+    kind: Literal["folder"]
+    path: Path
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+
+
+class TarSource(StrictModel):
+    """Tar shards in webdataset layout; ``shards`` is a glob or a brace range (``{000..009}``)."""
+
+    kind: Literal["tar"]
+    shards: str
+
+
+class UrlListSource(StrictModel):
+    """A parquet or CSV list of image URLs, downloaded with bounded concurrency and retries."""
+
+    kind: Literal["urls"]
+    list: Path
+    url_column: str = "url"
+    key_column: str | None = None
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
+    timeout_s: Annotated[float, Field(gt=0)] = 20.0
+    retries: NonNegativeInt = 3
+    backoff_s: Annotated[float, Field(ge=0)] = 0.5
+
+
+ImageSource = Annotated[
+    ScenesSource | FolderSource | TarSource | UrlListSource, Field(discriminator="kind")
+]
+
+
+class ImagesConfig(StrictModel):
+    """Stage ``images``: build the image pool in ``data/images``."""
+
+    source: ImageSource = ScenesSource()
+    limits: DecodeLimits = DecodeLimits()
+    preview_count: Annotated[int, Field(ge=0, le=64)] = 8
+
+
+# --------------------------------------------------------------------------- backbone
+
+
+class TinyBackboneConfig(StrictModel):
+    """Sizes of the offline tiny Qwen2-VL / Qwen2.5-VL built from a config with random weights."""
+
+    family: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_vl"
+    seed: int = 0
+    vocab_size: Annotated[int, Field(ge=512, le=65536)] = 4096
+    hidden_size: Annotated[int, Field(ge=16)] = 64
+    num_layers: PositiveInt = 2
+    num_heads: PositiveInt = 4
+    num_kv_heads: PositiveInt = 2
+    intermediate_size: PositiveInt = 128
+    vision_depth: PositiveInt = 2
+    vision_embed_dim: Annotated[int, Field(ge=8)] = 32
+    vision_num_heads: PositiveInt = 2
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyBackboneConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_heads ({self.num_heads})"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be divisible by num_kv_heads "
+                f"({self.num_kv_heads})"
+            )
+        if (self.hidden_size // self.num_heads) % 8:
+            raise ValueError(
+                "hidden_size / num_heads must be a multiple of 8 (multimodal rotary sections)"
+            )
+        if self.vision_embed_dim % self.vision_num_heads:
+            raise ValueError("vision_embed_dim must be divisible by vision_num_heads")
+        return self
+
+
+class BackboneConfig(StrictModel):
+    """Which multimodal LLM to build on, and how its image processor sizes images.
+
+    ``source`` is ``tiny`` (built offline from :class:`TinyBackboneConfig`), a local checkpoint
+    directory, or a hub id; all three load through the same ``from_pretrained`` path. The pixel
+    limits are recorded with every result because they change scores (METHODS.md §1).
+    """
+
+    source: str = "tiny"
+    tiny: TinyBackboneConfig = TinyBackboneConfig()
+    min_pixels: PositiveInt = 56 * 56
+    max_pixels: PositiveInt = 1280 * 28 * 28
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+
+    @model_validator(mode="after")
+    def _pixel_range(self) -> BackboneConfig:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(
+                f"min_pixels ({self.min_pixels}) exceeds max_pixels ({self.max_pixels})"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- synthesize
+
+
+class SceneGraphGenerator(StrictModel):
+    """Derives every field of a record from the scene graph: correct by construction."""
+
+    kind: Literal["scene_graph"] = "scene_graph"
+    seed: int = 0
+    paraphrases: Annotated[int, Field(ge=1, le=8)] = 3
+
+
+class SamplingConfig(StrictModel):
+    """Decoding parameters of an MLLM generator; part of the synthesis cache key."""
+
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.7
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
+    max_new_tokens: PositiveInt = 1536
+    seed: int = 0
+
+
+class TransformersGenerator(StrictModel):
+    """A local image-text-to-text checkpoint directory run with batched ``generate``."""
+
+    kind: Literal["transformers"]
+    model: str
+    batch_size: PositiveInt = 4
+    sampling: SamplingConfig = SamplingConfig()
+
+
+class OpenAIGenerator(StrictModel):
+    """Any OpenAI-compatible chat-completions server (vLLM, SGLang, hosted APIs).
+
+    The API key is read from the environment variable named by ``api_key_env`` and never logged;
+    several ``endpoints`` are used in rotation.
+    """
+
+    kind: Literal["openai"]
+    endpoints: Annotated[tuple[str, ...], Field(min_length=1)]
+    model: str
+    api_key_env: str | None = "OPENAI_API_KEY"
+    concurrency: Annotated[int, Field(ge=1, le=4096)] = 64
+    timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    retries: NonNegativeInt = 5
+    response_format: Literal["none", "json_object", "guided_json"] = "json_object"
+    sampling: SamplingConfig = SamplingConfig()
+
+
+Generator = Annotated[
+    SceneGraphGenerator | TransformersGenerator | OpenAIGenerator, Field(discriminator="kind")
+]
+
+
+class SynthesizeConfig(StrictModel):
+    """Stage ``synthesize``: M3T multi-turn records from the image pool (METHODS.md §2)."""
+
+    generator: Generator = SceneGraphGenerator()
+    prompt_version: str = "m3t-v1"
+    turns: Annotated[int, Field(ge=1, le=16)] = 7
+    shard_size: PositiveInt = 1000
+
+
+# --------------------------------------------------------------------------- validate
+
+
+class LeakageConfig(StrictModel):
+    """Evaluation data that training records must not share images or texts with."""
+
+    eval_sets: tuple[Path, ...] = ()
+    phash_max_distance: Annotated[int, Field(ge=0, le=64)] = 6
+
+
+class ValidateConfig(StrictModel):
+    """Stage ``validate``: the Great Expectations gate in front of training."""
+
+    min_text_chars: PositiveInt = 1
+    max_text_chars: PositiveInt = 4000
+    max_reject_rate: Probability = 0.05
+    min_records: NonNegativeInt = 100
+    per_expectation: Mapping[str, Probability] = Field(default_factory=dict)
+    leakage: LeakageConfig = LeakageConfig()
+
+
+# --------------------------------------------------------------------------- train
+
+
+class FinetuneConfig(StrictModel):
+    """Which weights train: LoRA / DoRA adapters (peft) or the full model."""
+
+    mode: Literal["lora", "dora", "full"] = "lora"
+    r: PositiveInt = 16
+    alpha: PositiveInt = 64
+    dropout: Probability = 0.1
+    target_modules: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+    freeze_vision: bool = True
+
+
+class DeepSpeedConfig(StrictModel):
+    """ZeRO stage and offload; the DeepSpeed JSON config is derived from these and the batch."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+
+class DistributedConfig(StrictModel):
+    """How many processes train; a hostfile makes the run multi-node (DeepSpeed launcher)."""
+
+    launcher: Literal["none", "torchrun", "deepspeed"] = "none"
+    nproc_per_node: PositiveInt = 1
+    nnodes: PositiveInt = 1
+    hostfile: Path | None = None
+
+
+class CheckpointConfig(StrictModel):
+    """Atomic checkpoints every ``every_steps`` steps, keeping the newest ``keep_last``."""
+
+    every_steps: PositiveInt = 100
+    keep_last: PositiveInt = 2
+
+
+class TrainConfig(StrictModel):
+    """Stage ``train``: contrastive training of the embedder (METHODS.md §1, §3-5).
+
+    ``global_batch_size`` counts images (records) per optimizer step over all ranks; the
+    micro-batch is per rank and the accumulation / feature-cache chunking derive from both.
+    """
+
+    stages: Annotated[
+        tuple[Literal["single_turn", "muco", "muco_stage2", "unime", "coma", "cocoa"], ...],
+        Field(min_length=1),
+    ] = ("muco",)
+    seed: int = 0
+    turns: Annotated[int, Field(ge=1, le=16)] = 7
+    global_batch_size: PositiveInt = 32
+    micro_batch_size: PositiveInt = 8
+    feature_cache: bool = True
+    max_steps: PositiveInt = 200
+    lr: Annotated[float, Field(gt=0)] = 5e-5
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    warmup_steps: NonNegativeInt = 100
+    schedule: Literal["constant", "cosine"] = "constant"
+    temperature: Annotated[float, Field(gt=0)] = 0.02
+    symmetric: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
+    gradient_checkpointing: bool = True
+    max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
+    finetune: FinetuneConfig = FinetuneConfig()
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    distributed: DistributedConfig = DistributedConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    log_every_steps: PositiveInt = 10
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainConfig:
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) must be a multiple of "
+                f"micro_batch_size ({self.micro_batch_size})"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+class ScenesBenchmark(StrictModel):
+    """The project's offline benchmark on held-out rendered scenes (METHODS.md §6)."""
+
+    kind: Literal["scenes"] = "scenes"
+    splits: tuple[Literal["test", "test_unseen"], ...] = ("test", "test_unseen")
+    candidates: Annotated[int, Field(ge=2)] = 10
+
+
+class MMEBBenchmark(StrictModel):
+    """MMEB v1: a folder per dataset plus an image root; ``datasets`` empty means all 36."""
+
+    kind: Literal["mmeb"]
+    data: Path
+    images: Path
+    datasets: tuple[str, ...] = ()
+
+
+class MBEIRBenchmark(StrictModel):
+    """M-BEIR (UniIR): task-local candidate pools, optionally the union pool."""
+
+    kind: Literal["mbeir"]
+    data: Path
+    pool: Literal["local", "union"] = "local"
+
+
+Benchmark = Annotated[ScenesBenchmark | MMEBBenchmark | MBEIRBenchmark, Field(discriminator="kind")]
+
+
+class EvaluateConfig(StrictModel):
+    """Stage ``evaluate``: score the trained embedder on the configured benchmarks."""
+
+    benchmarks: Annotated[tuple[Benchmark, ...], Field(min_length=1)] = (ScenesBenchmark(),)
+    batch_size: PositiveInt = 16
+
+
+# --------------------------------------------------------------------------- all
+
+
+class Params(StrictModel):
+    """The whole ``params.yaml``: one section per stage."""
+
+    images: ImagesConfig = ImagesConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    synthesize: SynthesizeConfig = SynthesizeConfig()
+    validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    # ``validate`` clashes with a BaseModel method, hence the alias.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that rejects duplicate keys, which PyYAML would silently overwrite."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def expand_environment(value: Any, path: str = "") -> Any:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` in every string of a parsed YAML tree.
+
+    Machine specifics (endpoint URLs, processes per node) come from the environment (DESIGN.md
+    rule 2) while the profile still documents them in place. A variable that is unset and has
+    no default is an error naming the key path.
+    """
+    if isinstance(value, Mapping):
+        return {
+            k: expand_environment(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [expand_environment(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group("name"), match.group("default")
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ConfigError(f"{path}: environment variable {name} is not set and has no default")
+        return default
+
+    expanded = _ENV_REFERENCE.sub(substitute, value)
+    # A whole-value reference like "${GPUS:-8}" becomes a number where it reads as one, so
+    # typed fields validate it; pydantic still rejects it where a number does not fit.
+    if expanded != value and _ENV_REFERENCE.fullmatch(value):
+        loaded = yaml.safe_load(expanded) if expanded else expanded
+        return loaded if isinstance(loaded, int | float | bool) else expanded
+    return expanded
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: {error.error_count()} invalid parameter(s)"]
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "<root>"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        got = "" if item["type"] == "extra_forbidden" else f" (got {item.get('input')!r})"
+        lines.append(f"  {path}: {message}{got}")
+    return "\n".join(lines)
+
+
+def parse_params(data: Mapping[str, Any] | None, source: str = "<params>") -> Params:
+    """Validate a mapping (as read from YAML) into :class:`Params`; raises :class:`ConfigError`."""
+    try:
+        return Params.model_validate(data or {})
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a parameter file. Errors name the file and every bad key path."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"parameter file not found: {path}") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data)}")
+    try:
+        data = expand_environment(data or {})
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return parse_params(data, source=str(path))
+
+
+def params_hash(section: BaseModel) -> str:
+    """A stable sha256 of a config section, recorded as provenance with every artifact."""
+    canonical = json.dumps(section.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
