@@ -1,0 +1,1 @@
+"""Image sources, safe decoding and the procedural scene world."""
