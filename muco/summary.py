@@ -1,0 +1,45 @@
+"""``muco summary``: what the pipeline has produced, read from each stage's metrics JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+# Stages in pipeline order; each writes metrics/<stage>.json.
+STAGE_ORDER = ("images", "backbone", "synthesize", "validate", "train", "evaluate")
+
+
+def _format_value(value: object) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_format_value(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def render_summary(metrics_dir: Path) -> str:
+    """A plain-text table of every stage's metrics found in ``metrics_dir``."""
+    found = {path.stem: path for path in sorted(metrics_dir.glob("*.json"))}
+    ordered = [s for s in STAGE_ORDER if s in found] + sorted(set(found) - set(STAGE_ORDER))
+    if not ordered:
+        return f"No stage has run yet: {metrics_dir} holds no metrics. Run `make run`."
+    lines = ["muco pipeline summary", "====================="]
+    for stage in ordered:
+        metrics = json.loads(found[stage].read_text(encoding="utf-8"))
+        lines.append(f"\n[{stage}]  ({found[stage]})")
+        width = max(len(key) for key in metrics) if metrics else 0
+        lines.extend(f"  {key:<{width}}  {_format_value(value)}" for key, value in metrics.items())
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "muco summary") -> int:
+    """Print the summary table."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser.add_argument("--metrics-dir", type=Path, default=Path("metrics"))
+    args = parser.parse_args(argv)
+    print(render_summary(args.metrics_dir))
+    return 0
