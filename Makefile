@@ -21,13 +21,14 @@ PYTEST_ARGS ?=
 export MUCO_DVC := $(DVC)
 export DAGSTER_HOME := $(CURDIR)/.dagster
 
-.PHONY: help install run test test-all ui lint format clean
+.PHONY: help install run test test-all ui materialize lint format clean
 
 help:
 	@echo "make run       install, reproduce the pipeline with dvc repro, print a summary"
 	@echo "make test      install dev dependencies and run the test suite (without slow tests)"
 	@echo "make test-all  the whole suite, slow end-to-end tests included"
 	@echo "make ui        start the Dagster UI on http://127.0.0.1:3000"
+	@echo "make materialize  materialise every Dagster asset from the command line"
 	@echo "make lint      ruff check and format check"
 
 $(PY):
@@ -45,8 +46,11 @@ $(DVC): constraints/dvc.txt
 
 install: $(VENV)/.installed $(DVC)
 
-run: install
+$(DAGSTER_HOME)/dagster.yaml: orchestration/dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
+	cp $< $@
+
+run: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(DVC) repro
 	$(VENV)/bin/muco summary
 
@@ -56,9 +60,11 @@ test: install
 test-all: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-ui: install
-	mkdir -p $(DAGSTER_HOME)
+ui: install $(DAGSTER_HOME)/dagster.yaml
 	exec $(VENV)/bin/dagster dev --host 127.0.0.1 --port 3000
+
+materialize: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster asset materialize --select '*' -m orchestration.definitions
 
 lint: install
 	$(VENV)/bin/ruff check .

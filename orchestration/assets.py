@@ -1,0 +1,128 @@
+"""Dagster assets, each running one DVC stage through :class:`DvcResource`.
+
+An asset's data version is the content hash ``dvc.lock`` records for the stage's outputs, so
+Dagster and DVC agree on what was produced; its metadata comes from the stage's metrics JSON.
+"""
+# No `from __future__ import annotations` here: Dagster inspects the real `context` annotation.
+
+import base64
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    DataVersion,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from orchestration.dvc import REPO_ROOT, DvcResource
+from orchestration.stages import stage_code_version
+
+OWNERS = ["team:muco"]
+# Every asset that runs DVC shares one concurrency pool: the workspace admits one run at a time.
+WORKSPACE_POOL = "dvc_workspace"
+
+MetadataBuilder = Callable[[Path, Mapping[str, Any]], dict[str, Any]]
+
+
+def dvc_stage_asset(
+    *,
+    name: str,
+    stage: str,
+    description: str,
+    metadata: MetadataBuilder,
+    deps: Sequence[str] = (),
+    kinds: set[str] | None = None,
+    group_name: str = "pipeline",
+) -> AssetsDefinition:
+    """An asset that materialises by ``dvc repro --single-item STAGE``."""
+
+    @asset(
+        name=name,
+        description=description,
+        deps=list(deps),
+        kinds={"dvc", *(kinds or set())},
+        owners=OWNERS,
+        group_name=group_name,
+        code_version=stage_code_version(REPO_ROOT, stage),
+        pool=WORKSPACE_POOL,
+        tags={"dvc_stage": stage},
+    )
+    def _materialise(context: AssetExecutionContext, dvc: DvcResource) -> MaterializeResult:
+        dvc.repro(stage, context.log.info)
+        metrics = dvc.read_json(f"metrics/{stage}.json")
+        version = dvc.data_version(stage)
+        return MaterializeResult(
+            metadata={
+                **metadata(dvc.root, metrics),
+                "dvc_stage": stage,
+                "dvc_outs_md5": version,
+            },
+            data_version=DataVersion(version),
+        )
+
+    return _materialise
+
+
+def _markdown_table(counts: Mapping[str, int], key: str, value: str) -> MetadataValue:
+    rows = [f"| {k} | {v:,} |" for k, v in counts.items()] or ["| (none) | 0 |"]
+    return MetadataValue.md("\n".join([f"| {key} | {value} |", "|---|---:|", *rows]))
+
+
+def image_pool_metadata(root: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Counts, rejects by reason and a contact sheet of thumbnails."""
+    meta: dict[str, Any] = {
+        "source": metrics["source"],
+        "images": MetadataValue.int(metrics["images"]),
+        "rejected": MetadataValue.int(metrics["rejected"]),
+        "images_by_split": _markdown_table(metrics["images_by_split"], "split", "images"),
+        "rejects_by_reason": _markdown_table(metrics["rejects_by_reason"], "reason", "inputs"),
+        "stored_mb": MetadataValue.float(round(metrics["stored_bytes"] / 2**20, 3)),
+        "stage_seconds": MetadataValue.float(metrics["seconds"]),
+        "manifest": MetadataValue.path(str(root / "data" / "images" / "manifest.parquet")),
+    }
+    preview = root / "data" / "images" / "preview.png"
+    if preview.exists():
+        encoded = base64.b64encode(preview.read_bytes()).decode()
+        meta["thumbnails"] = MetadataValue.md(f"![thumbnails](data:image/png;base64,{encoded})")
+    return meta
+
+
+def backbone_metadata(root: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """What was materialised and how large it is."""
+    return {
+        "source": metrics["source"],
+        "model_type": metrics["model_type"],
+        "parameters": MetadataValue.int(metrics["parameters"]),
+        "hidden_size": MetadataValue.int(metrics["hidden_size"]),
+        "layers": MetadataValue.int(metrics["layers"]),
+        "tokenizer_size": MetadataValue.int(metrics["tokenizer_size"]),
+        "path": MetadataValue.path(str(root / "models" / "backbone")),
+    }
+
+
+image_pool = dvc_stage_asset(
+    name="image_pool",
+    stage="images",
+    description=(
+        "Every image the pipeline may use: rendered scenes (default profile) or an ingested "
+        "folder, tar shards or URL list, safely decoded and content-hashed (data/images)."
+    ),
+    metadata=image_pool_metadata,
+    kinds={"parquet", "png"},
+)
+
+backbone = dvc_stage_asset(
+    name="backbone",
+    stage="backbone",
+    description=(
+        "The multimodal LLM the embedder is built on (models/backbone): the offline tiny "
+        "Qwen2-VL, a local checkpoint or a hub download, loadable by from_pretrained."
+    ),
+    metadata=backbone_metadata,
+    kinds={"pytorch", "safetensors"},
+)

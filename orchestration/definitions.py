@@ -1,0 +1,18 @@
+"""The Dagster code location: ``dagster dev`` (``make ui``) loads ``defs`` from here."""
+
+from __future__ import annotations
+
+from dagster import Definitions, define_asset_job
+
+from orchestration.assets import backbone, image_pool
+from orchestration.dvc import DvcResource
+
+pipeline_job = define_asset_job(
+    "pipeline", selection="*", description="Materialise every asset, upstream first."
+)
+
+defs = Definitions(
+    assets=[image_pool, backbone],
+    jobs=[pipeline_job],
+    resources={"dvc": DvcResource()},
+)

@@ -1,0 +1,73 @@
+"""The Dagster code location loads, and assets materialise in-process through the DVC resource."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import AssetKey, DagsterInstance, materialize
+
+from orchestration.assets import image_pool
+from orchestration.definitions import defs
+from orchestration.dvc import DvcError, DvcResource
+from orchestration.stages import stage_code_version
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_definitions_load_with_assets_resources_and_job() -> None:
+    graph = defs.resolve_asset_graph()
+    assert graph.get_all_asset_keys() == {AssetKey("image_pool"), AssetKey("backbone")}
+    assert defs.resolve_job_def("pipeline") is not None
+    node = graph.get(AssetKey("image_pool"))
+    assert node.code_version == stage_code_version(REPO_ROOT, "images")
+    assert image_pool.op.pool == "dvc_workspace"
+
+
+def test_every_asset_names_a_dvc_stage() -> None:
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    for node in defs.resolve_asset_graph().asset_nodes:
+        assert node.tags["dvc_stage"] in stages
+
+
+def test_image_pool_materialises_through_dvc(dvc_workspace: Path) -> None:
+    resource = DvcResource(repo_root=str(dvc_workspace))
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize([image_pool], resources={"dvc": resource}, instance=instance)
+        assert result.success
+        lock = yaml.safe_load((dvc_workspace / "dvc.lock").read_text())
+        outs_md5 = lock["stages"]["images"]["outs"][0]["md5"]
+        event = result.asset_materializations_for_node("image_pool")[0]
+        assert event.metadata["images"].value == 12, event.metadata
+        assert event.metadata["rejected"].value == 0
+        assert event.metadata["dvc_outs_md5"].value == outs_md5
+        assert "data:image/png;base64," in event.metadata["thumbnails"].value
+        assert (dvc_workspace / "data" / "images" / "manifest.parquet").exists()
+        recorded = instance.get_latest_materialization_event(AssetKey("image_pool"))
+        assert recorded.asset_materialization.tags["dagster/data_version"] == outs_md5, (
+            recorded.asset_materialization.tags
+        )
+
+        # Nothing changed: DVC skips the stage and the data version stays the same.
+        logs: list[str] = []
+        resource.repro("images", logs.append)
+        assert any("didn't change" in line for line in logs)
+        again = materialize([image_pool], resources={"dvc": resource}, instance=instance)
+        assert (
+            again.asset_materializations_for_node("image_pool")[0].metadata["dvc_outs_md5"].value
+            == outs_md5
+        )
+
+
+def test_failing_stage_raises_with_the_stage_output(dvc_workspace: Path) -> None:
+    params = yaml.safe_load((dvc_workspace / "params.yaml").read_text())
+    params["images"]["source"]["imagesize"] = 3
+    (dvc_workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(DvcError, match=r"images\.source\.scenes\.imagesize: unknown key"):
+        DvcResource(repo_root=str(dvc_workspace)).repro("images", lambda line: None)
+
+
+def test_data_version_before_any_run_is_a_clear_error(dvc_workspace: Path) -> None:
+    with pytest.raises(DvcError, match="has not run"):
+        DvcResource(repo_root=str(dvc_workspace)).data_version("images")
