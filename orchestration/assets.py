@@ -82,7 +82,6 @@ def image_pool_metadata(root: Path, metrics: Mapping[str, Any]) -> dict[str, Any
         "images_by_split": _markdown_table(metrics["images_by_split"], "split", "images"),
         "rejects_by_reason": _markdown_table(metrics["rejects_by_reason"], "reason", "inputs"),
         "stored_mb": MetadataValue.float(round(metrics["stored_bytes"] / 2**20, 3)),
-        "stage_seconds": MetadataValue.float(metrics["seconds"]),
         "manifest": MetadataValue.path(str(root / "data" / "images" / "manifest.parquet")),
     }
     preview = root / "data" / "images" / "preview.png"

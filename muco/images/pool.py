@@ -89,7 +89,11 @@ THUMBNAIL_SIDE = 96
 
 @dataclass
 class PoolSummary:
-    """What a pool build produced; ``metrics()`` is the stage's DVC metrics JSON."""
+    """What a pool build produced; ``metrics()`` is the stage's DVC metrics JSON.
+
+    The metrics hold no wall-clock time: they are a DVC output, and a re-run on another machine
+    must reproduce ``dvc.lock`` exactly. ``seconds`` is printed, not recorded.
+    """
 
     source: str
     images_by_split: Counter[str] = field(default_factory=Counter)
@@ -113,7 +117,6 @@ class PoolSummary:
             "rejected": self.rejected,
             "rejects_by_reason": dict(sorted(self.rejects_by_reason.items())),
             "stored_bytes": self.stored_bytes,
-            "seconds": round(self.seconds, 3),
         }
 
 

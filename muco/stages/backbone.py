@@ -40,12 +40,12 @@ def _run(args: argparse.Namespace) -> int:
         "hidden_size": config.text_config.hidden_size,
         "layers": config.text_config.num_hidden_layers,
         "tokenizer_size": len(backbone.processor.tokenizer),
-        "seconds": round(time.perf_counter() - started, 3),
     }
     atomic_write_json(args.metrics, metrics)
     print(
         f"backbone: {metrics['model_type']} from {metrics['source']} with "
-        f"{metrics['parameters']:,} parameters in {args.out}"
+        f"{metrics['parameters']:,} parameters in {args.out} "
+        f"({time.perf_counter() - started:.1f} s)"
     )
     return 0
 

@@ -203,7 +203,11 @@ def test_stage_main_writes_pool_and_metrics(tmp_path: Path, repo_root: Path) -> 
         ["--params", str(params), "--out", str(out), "--metrics", str(metrics)]
     )
     assert code == 0
-    assert json.loads(metrics.read_text())["images"] == 5
+    first = metrics.read_bytes()
+    assert json.loads(first)["images"] == 5
+    # Metrics are a DVC output: a re-run must reproduce them byte for byte (no timings).
+    images_stage.main(["--params", str(params), "--out", str(out), "--metrics", str(metrics)])
+    assert metrics.read_bytes() == first
     assert (out / MANIFEST).exists()
     assert load_params(params).images.source.counts.train == 3
 
