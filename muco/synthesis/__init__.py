@@ -1,0 +1,1 @@
+"""M3T synthesis: prompts, generators, response parsing, the content-addressed cache, the runner."""
