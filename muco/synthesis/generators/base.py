@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from muco.config import SamplingConfig
 from muco.synthesis.content import M3TContent
+from muco.synthesis.prompts import PROMPT_VERSION
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,32 @@ class Generator(ABC):
     @abstractmethod
     def generate(self, inputs: Sequence[SynthesisInput], on_result: ResultCallback) -> None:
         """Call ``on_result(input, outcome)`` exactly once for every input."""
+
+
+def mllm_identity(
+    kind: str,
+    model: str,
+    sampling: SamplingConfig,
+    turns: int,
+    paraphrases: int,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The identity of a generator that prompts an MLLM with the versioned M3T prompt.
+
+    ``extra`` adds settings that change the output for that generator kind only (such as a
+    server's response format); never endpoints or keys, which do not.
+    """
+    return {
+        "generator": kind,
+        "model": model,
+        "prompt_version": PROMPT_VERSION,
+        "sampling": {
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_new_tokens": sampling.max_new_tokens,
+            "seed": sampling.seed,
+            "turns": turns,
+            "paraphrases": paraphrases,
+            **extra,
+        },
+    }
