@@ -206,7 +206,6 @@ class SceneGraphGenerator(StrictModel):
 
     kind: Literal["scene_graph"] = "scene_graph"
     seed: int = 0
-    paraphrases: Annotated[int, Field(ge=1, le=8)] = 3
 
 
 class SamplingConfig(StrictModel):
@@ -254,8 +253,10 @@ class SynthesizeConfig(StrictModel):
     """Stage ``synthesize``: M3T multi-turn records from the image pool (METHODS.md §2)."""
 
     generator: Generator = SceneGraphGenerator()
-    prompt_version: str = "m3t-v1"
-    turns: Annotated[int, Field(ge=1, le=16)] = 7
+    turns: Annotated[int, Field(ge=1, le=7)] = 7
+    paraphrases: Annotated[int, Field(ge=1, le=8)] = 3
+    # Which pool splits become training records; scenes' test splits are scenes-bench's.
+    splits: Annotated[tuple[str, ...], Field(min_length=1)] = ("train",)
     shard_size: PositiveInt = 1000
 
 

@@ -6,6 +6,7 @@ Dagster and DVC agree on what was produced; its metadata comes from the stage's 
 # No `from __future__ import annotations` here: Dagster inspects the real `context` annotation.
 
 import base64
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,49 @@ def image_pool_metadata(root: Path, metrics: Mapping[str, Any]) -> dict[str, Any
     return meta
 
 
+def m3t_records_metadata(root: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Records, turns, rejections by reason, throughput and a few sample records."""
+    import duckdb
+
+    from muco.records import connect
+
+    meta: dict[str, Any] = {
+        "images": MetadataValue.int(metrics["images"]),
+        "records": MetadataValue.int(metrics["records"]),
+        "turns": MetadataValue.int(metrics["turns"]),
+        "rejected": MetadataValue.int(metrics["rejected"]),
+        "rejections_by_reason": _markdown_table(
+            metrics["rejections_by_reason"], "reason", "images"
+        ),
+        "records_path": MetadataValue.path(str(root / "data" / "m3t")),
+    }
+    timings = root / "metrics" / "timings" / "synthesize.json"
+    if timings.exists():
+        run = json.loads(timings.read_text(encoding="utf-8"))
+        meta["generated"] = MetadataValue.int(run["generated"])
+        meta["from_cache"] = MetadataValue.int(run["from_cache"])
+        meta["generated_per_second"] = MetadataValue.float(run["generated_per_second"])
+    if metrics["records"]:
+        con = connect(root / "data" / "m3t", duckdb.connect())
+        rows = con.execute(
+            "SELECT t.record_id, t.turn, t.turn_type, t.queries[1], t.pos_text, t.neg_text "
+            "FROM turns AS t WHERE t.record_id IN (SELECT record_id FROM records LIMIT 2) "
+            "ORDER BY t.record_id, t.turn"
+        ).fetchall()
+        lines = [
+            "| record | turn | type | query | target | hard negative |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+        meta["sample_records"] = MetadataValue.md("\n".join(lines))
+    return meta
+
+
+def _cell(value: object) -> str:
+    # Markdown table cells: one line, no pipes.
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
 def backbone_metadata(root: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
     """What was materialised and how large it is."""
     return {
@@ -124,4 +168,17 @@ backbone = dvc_stage_asset(
     ),
     metadata=backbone_metadata,
     kinds={"pytorch", "safetensors"},
+)
+
+m3t_records = dvc_stage_asset(
+    name="m3t_records",
+    stage="synthesize",
+    description=(
+        "M3T multi-turn records (data/m3t): seven query/target/hard-negative turns per image, "
+        "generated from scene graphs, a local MLLM or an OpenAI-compatible server, cached by "
+        "image hash and generator identity."
+    ),
+    metadata=m3t_records_metadata,
+    deps=["image_pool"],
+    kinds={"parquet", "duckdb"},
 )

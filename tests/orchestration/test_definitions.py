@@ -8,7 +8,7 @@ import pytest
 import yaml
 from dagster import AssetKey, DagsterInstance, materialize
 
-from orchestration.assets import image_pool
+from orchestration.assets import image_pool, m3t_records
 from orchestration.definitions import defs
 from orchestration.dvc import DvcError, DvcResource
 from orchestration.stages import stage_code_version
@@ -18,7 +18,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def test_definitions_load_with_assets_resources_and_job() -> None:
     graph = defs.resolve_asset_graph()
-    assert graph.get_all_asset_keys() == {AssetKey("image_pool"), AssetKey("backbone")}
+    assert graph.get_all_asset_keys() == {
+        AssetKey("image_pool"),
+        AssetKey("backbone"),
+        AssetKey("m3t_records"),
+    }
+    assert graph.get(AssetKey("m3t_records")).parent_keys == {AssetKey("image_pool")}
     assert defs.resolve_job_def("pipeline") is not None
     node = graph.get(AssetKey("image_pool"))
     assert node.code_version == stage_code_version(REPO_ROOT, "images")
@@ -71,3 +76,23 @@ def test_failing_stage_raises_with_the_stage_output(dvc_workspace: Path) -> None
 def test_data_version_before_any_run_is_a_clear_error(dvc_workspace: Path) -> None:
     with pytest.raises(DvcError, match="has not run"):
         DvcResource(repo_root=str(dvc_workspace)).data_version("images")
+
+
+def test_m3t_records_materialise_downstream_of_the_pool(dvc_workspace: Path) -> None:
+    resource = DvcResource(repo_root=str(dvc_workspace))
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [image_pool, m3t_records], resources={"dvc": resource}, instance=instance
+        )
+        assert result.success
+        event = result.asset_materializations_for_node("m3t_records")[0]
+        # the scratch pool has 8 training scenes; the 4 test scenes are not synthesised
+        assert event.metadata["records"].value == 8
+        assert event.metadata["turns"].value == 56
+        assert event.metadata["rejected"].value == 0
+        assert event.metadata["generated"].value == 8
+        sample = event.metadata["sample_records"].value
+        assert sample.count("\n") == 1 + 2 * 7  # header, rule, two records of seven turns
+        lock = yaml.safe_load((dvc_workspace / "dvc.lock").read_text())
+        outs = {o["path"]: o["md5"] for o in lock["stages"]["synthesize"]["outs"]}
+        assert event.metadata["dvc_outs_md5"].value == outs["data/m3t"]
