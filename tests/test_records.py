@@ -113,13 +113,9 @@ def test_duckdb_views_count_turns_per_type_and_generator(tmp_path: Path) -> None
     write_shards(records, tmp_path, shard_size=2)
     con = connect(tmp_path)
     assert con.execute("SELECT count(*) FROM records").fetchone() == (3,)
-    per_type = con.execute(
-        "SELECT turn_type, count(*) FROM turns GROUP BY 1 ORDER BY 1"
-    ).fetchall()
+    per_type = con.execute("SELECT turn_type, count(*) FROM turns GROUP BY 1 ORDER BY 1").fetchall()
     assert per_type == [(t, 3) for t in range(7)]
-    per_generator = dict(
-        con.execute("SELECT generator, count(*) FROM turns GROUP BY 1").fetchall()
-    )
+    per_generator = dict(con.execute("SELECT generator, count(*) FROM turns GROUP BY 1").fetchall())
     assert per_generator == {"scene_graph": 14, "openai": 7}
     turn3 = con.execute(
         "SELECT pos_text, neg_text, queries[1] FROM turns WHERE record_id = ? AND turn = 3",
