@@ -263,16 +263,44 @@ class SynthesizeConfig(StrictModel):
 # --------------------------------------------------------------------------- validate
 
 
+class EvalSetSpec(StrictModel):
+    """One evaluation set that training must not leak into.
+
+    - ``pool``: an image pool directory (``data/images``), restricted to ``splits`` if given;
+    - ``folder``: every image below a folder, and the lines of its ``*.txt`` files as texts;
+    - ``records``: M3T-layout parquet (its texts; its images under ``image_root``).
+    """
+
+    kind: Literal["pool", "folder", "records"]
+    path: Path
+    splits: tuple[str, ...] = ()
+    image_root: Path | None = None
+    name: str | None = None
+
+
 class LeakageConfig(StrictModel):
     """Evaluation data that training records must not share images or texts with."""
 
-    eval_sets: tuple[Path, ...] = ()
-    phash_max_distance: Annotated[int, Field(ge=0, le=64)] = 6
+    eval_sets: tuple[EvalSetSpec, ...] = ()
+    # Hamming distance between 64-bit perceptual hashes at or under which two images are the
+    # same picture (re-encoded, resized); 0 keeps only exact pixel-structure matches.
+    phash_max_distance: Annotated[int, Field(ge=0, le=16)] = 6
+    # A pHash candidate is a copy only if its 16x16 colour thumbnail (z-normalised per channel)
+    # also differs by at most this many standard deviations anywhere; see muco/validation/phash.
+    colour_max_deviation: Annotated[float, Field(gt=0)] = 3.0
+    # Texts shorter than this are too generic to call a leak ("red", "three").
+    min_text_chars: PositiveInt = 24
 
 
 class ValidateConfig(StrictModel):
-    """Stage ``validate``: the Great Expectations gate in front of training."""
+    """Stage ``validate``: the Great Expectations gate in front of training.
 
+    The gate fails when more than ``max_reject_rate`` of the records are quarantined, when
+    fewer than ``min_records`` pass, or when an expectation named in ``per_expectation`` fails
+    on more than its given fraction of records.
+    """
+
+    turns: Annotated[int, Field(ge=1, le=16)] = 7
     min_text_chars: PositiveInt = 1
     max_text_chars: PositiveInt = 4000
     max_reject_rate: Probability = 0.05

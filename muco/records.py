@@ -100,30 +100,25 @@ def record_id(image_sha256: str, identity: dict[str, Any]) -> str:
 
 
 def write_shards(records: Iterable[M3TRecord], out_dir: Path, shard_size: int) -> list[Path]:
-    """Write records as ``part-NNNNN.parquet`` shards of at most ``shard_size`` rows.
+    """Write records as ``part-NNNNN.parquet`` shards of at most ``shard_size`` rows."""
+    rows = [record.to_row() for record in records]
+    return write_table_shards(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), out_dir, shard_size)
 
-    Each shard is written atomically. An empty input still writes one empty shard, so readers
+
+def write_table_shards(table: pa.Table, out_dir: Path, shard_size: int) -> list[Path]:
+    """Write a table as ``part-NNNNN.parquet`` shards of at most ``shard_size`` rows.
+
+    Each shard is written atomically. An empty table still writes one empty shard, so readers
     and DuckDB views always find the schema.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    batch: list[dict[str, Any]] = []
-
-    def flush() -> None:
-        path = out_dir / SHARD_PATTERN.format(index=len(paths))
-        table = pa.Table.from_pylist(batch, schema=RECORD_SCHEMA)
+    for index, start in enumerate(range(0, max(table.num_rows, 1), shard_size)):
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
+        pq.write_table(table.slice(start, shard_size), sink)
+        path = out_dir / SHARD_PATTERN.format(index=index)
         atomic_write_bytes(path, sink.getvalue().to_pybytes())
         paths.append(path)
-        batch.clear()
-
-    for record in records:
-        batch.append(record.to_row())
-        if len(batch) == shard_size:
-            flush()
-    if batch or not paths:
-        flush()
     return paths
 
 
@@ -153,15 +148,21 @@ def read_records(path: Path) -> pa.Table:
         missing = [c for c in M3T_COLUMNS if c not in table.column_names]
         if missing:
             raise ValueError(f"{shard}: not an M3T file, missing column(s) {missing}")
-        tables.append(_conform(table))
+        tables.append(_conform(table, shard))
     return pa.concat_tables(tables)
 
 
-def _conform(table: pa.Table) -> pa.Table:
+def _conform(table: pa.Table, shard: Path) -> pa.Table:
     columns = {}
     for field in RECORD_SCHEMA:
         if field.name in table.column_names:
-            columns[field.name] = table[field.name].cast(field.type)
+            try:
+                columns[field.name] = table[field.name].cast(field.type)
+            except pa.ArrowException as error:
+                raise ValueError(
+                    f"{shard}: column {field.name} is {table[field.name].type}, "
+                    f"not readable as {field.type} ({error})"
+                ) from None
         elif field.name == "turn_types":
             columns[field.name] = pa.array(
                 [_default_turn_types(len(p)) for p in table["pos_text"].to_pylist()],
