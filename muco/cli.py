@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "images": ("muco.stages.images", "build the image pool (stage images)"),
     "backbone": ("muco.stages.backbone", "materialise the backbone (stage backbone)"),
     "synthesize": ("muco.stages.synthesize", "M3T records from the image pool (stage synthesize)"),
+    "validate": ("muco.stages.validate", "the data gate before training (stage validate)"),
     "inspect": ("muco.inspection", "describe records: muco inspect records DIR"),
     "summary": ("muco.summary", "print what the pipeline has produced so far"),
 }

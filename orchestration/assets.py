@@ -7,11 +7,15 @@ Dagster and DVC agree on what was produced; its metadata comes from the stage's 
 
 import base64
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetsDefinition,
     DataVersion,
@@ -20,7 +24,7 @@ from dagster import (
     asset,
 )
 
-from orchestration.dvc import REPO_ROOT, DvcResource
+from orchestration.dvc import REPO_ROOT, DvcError, DvcResource
 from orchestration.stages import stage_code_version
 
 OWNERS = ["team:muco"]
@@ -28,6 +32,7 @@ OWNERS = ["team:muco"]
 WORKSPACE_POOL = "dvc_workspace"
 
 MetadataBuilder = Callable[[Path, Mapping[str, Any]], dict[str, Any]]
+CheckBuilder = Callable[[Mapping[str, Any]], list[AssetCheckResult]]
 
 
 def dvc_stage_asset(
@@ -39,8 +44,17 @@ def dvc_stage_asset(
     deps: Sequence[str] = (),
     kinds: set[str] | None = None,
     group_name: str = "pipeline",
+    check_specs: Sequence[AssetCheckSpec] = (),
+    checks: CheckBuilder | None = None,
+    metrics_file: str | None = None,
 ) -> AssetsDefinition:
-    """An asset that materialises by ``dvc repro --single-item STAGE``."""
+    """An asset that materialises by ``dvc repro --single-item STAGE``.
+
+    With ``checks``, a stage that exits non-zero *after writing its metrics during this run*
+    (a data gate saying no) still yields its metadata and check results: the failed blocking
+    check, not a crashed step, is what stops everything downstream. Any other failure raises.
+    """
+    metrics_path = metrics_file or f"metrics/{stage}.json"
 
     @asset(
         name=name,
@@ -52,18 +66,28 @@ def dvc_stage_asset(
         code_version=stage_code_version(REPO_ROOT, stage),
         pool=WORKSPACE_POOL,
         tags={"dvc_stage": stage},
+        check_specs=list(check_specs),
     )
     def _materialise(context: AssetExecutionContext, dvc: DvcResource) -> MaterializeResult:
-        dvc.repro(stage, context.log.info)
-        metrics = dvc.read_json(f"metrics/{stage}.json")
-        version = dvc.data_version(stage)
+        started = time.time()
+        try:
+            dvc.repro(stage, context.log.info)
+            version: str | None = dvc.data_version(stage)
+        except DvcError:
+            report = dvc.root / metrics_path
+            if checks is None or not report.exists() or report.stat().st_mtime < started:
+                raise
+            context.log.warning(f"stage {stage} refused its data; see the asset checks")
+            version = None
+        metrics = dvc.read_json(metrics_path)
         return MaterializeResult(
             metadata={
                 **metadata(dvc.root, metrics),
                 "dvc_stage": stage,
-                "dvc_outs_md5": version,
+                "dvc_outs_md5": version or "(stage failed: not recorded in dvc.lock)",
             },
-            data_version=DataVersion(version),
+            data_version=DataVersion(version) if version else None,
+            check_results=checks(metrics) if checks else None,
         )
 
     return _materialise
@@ -135,6 +159,44 @@ def _cell(value: object) -> str:
     return " ".join(str(value).split()).replace("|", "\\|")
 
 
+def validated_records_metadata(root: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Counts, per-expectation failures, the gate verdict and where the data docs are."""
+    failed = {n: e["failed"] for n, e in metrics["expectations"].items() if e["failed"]}
+    return {
+        "records": MetadataValue.int(metrics["records"]),
+        "valid": MetadataValue.int(metrics["valid"]),
+        "quarantined": MetadataValue.int(metrics["quarantined"]),
+        "reject_rate": MetadataValue.float(metrics["reject_rate"]),
+        "failed_by_expectation": _markdown_table(failed, "expectation", "records"),
+        "gate_passed": MetadataValue.bool(metrics["gate"]["passed"]),
+        "data_docs": MetadataValue.path(str(root / "reports" / "validation" / "index.html")),
+        "quarantine": MetadataValue.path(str(root / "data" / "quarantine")),
+    }
+
+
+GATE_CHECK = "validation_gate"
+
+
+def gate_check(metrics: Mapping[str, Any]) -> list[AssetCheckResult]:
+    """The blocking check: the same verdict and numbers as the validate stage's exit code."""
+    gate = metrics["gate"]
+    failures = "\n".join(f"- {f}" for f in gate["failures"]) or "all thresholds met"
+    return [
+        AssetCheckResult(
+            check_name=GATE_CHECK,
+            passed=gate["passed"],
+            severity=AssetCheckSeverity.ERROR,
+            metadata={
+                "records": MetadataValue.int(metrics["records"]),
+                "valid": MetadataValue.int(metrics["valid"]),
+                "quarantined": MetadataValue.int(metrics["quarantined"]),
+                "reject_rate": MetadataValue.float(metrics["reject_rate"]),
+                "failures": MetadataValue.md(failures),
+            },
+        )
+    ]
+
+
 def backbone_metadata(root: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
     """What was materialised and how large it is."""
     return {
@@ -181,4 +243,26 @@ m3t_records = dvc_stage_asset(
     metadata=m3t_records_metadata,
     deps=["image_pool"],
     kinds={"parquet", "duckdb"},
+)
+
+validated_records = dvc_stage_asset(
+    name="validated_records",
+    stage="validate",
+    description=(
+        "Records that pass the Great Expectations suite (data/m3t_valid); failing ones are in "
+        "data/quarantine with the expectations they failed. The blocking check is the gate."
+    ),
+    metadata=validated_records_metadata,
+    deps=["m3t_records"],
+    kinds={"parquet", "great_expectations"},
+    check_specs=[
+        AssetCheckSpec(
+            GATE_CHECK,
+            asset="validated_records",
+            blocking=True,
+            description="validate.max_reject_rate, min_records and per_expectation limits",
+        )
+    ],
+    checks=gate_check,
+    metrics_file="metrics/validation.json",
 )

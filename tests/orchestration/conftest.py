@@ -12,14 +12,11 @@ import yaml
 from orchestration.dvc import find_dvc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TINY_IMAGES = {
-    "source": {
-        "kind": "scenes",
-        "seed": 0,
-        "image_size": 56,
-        "counts": {"train": 8, "test": 2, "test_unseen": 2},
-    },
-    "preview_count": 4,
+TINY_SCENES = {
+    "kind": "scenes",
+    "seed": 0,
+    "image_size": 56,
+    "counts": {"train": 8, "test": 2, "test_unseen": 2},
 }
 
 
@@ -33,7 +30,9 @@ def dvc_workspace(tmp_path: Path) -> Path:
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO_ROOT / name, workspace / name)
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["images"] = TINY_IMAGES
+    # Only the sizes change: every key that dvc.yaml names must stay in params.yaml.
+    params["images"]["source"] = TINY_SCENES
+    params["images"]["preview_count"] = 4
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
     subprocess.run([find_dvc(REPO_ROOT), "init", "--no-scm", "-q"], cwd=workspace, check=True)
     return workspace

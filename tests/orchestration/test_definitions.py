@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, DagsterInstance, asset, materialize
 
-from orchestration.assets import image_pool, m3t_records
+from orchestration.assets import GATE_CHECK, image_pool, m3t_records, validated_records
 from orchestration.definitions import defs
 from orchestration.dvc import DvcError, DvcResource
 from orchestration.stages import stage_code_version
@@ -22,6 +22,7 @@ def test_definitions_load_with_assets_resources_and_job() -> None:
         AssetKey("image_pool"),
         AssetKey("backbone"),
         AssetKey("m3t_records"),
+        AssetKey("validated_records"),
     }
     assert graph.get(AssetKey("m3t_records")).parent_keys == {AssetKey("image_pool")}
     assert defs.resolve_job_def("pipeline") is not None
@@ -96,3 +97,54 @@ def test_m3t_records_materialise_downstream_of_the_pool(dvc_workspace: Path) -> 
         lock = yaml.safe_load((dvc_workspace / "dvc.lock").read_text())
         outs = {o["path"]: o["md5"] for o in lock["stages"]["synthesize"]["outs"]}
         assert event.metadata["dvc_outs_md5"].value == outs["data/m3t"]
+
+
+def _set_min_records(workspace: Path, value: int) -> None:
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["validate"]["min_records"] = value
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+@asset(deps=["validated_records"])
+def downstream_of_gate() -> None:
+    """Stands in for training: it must never run on data the gate refused."""
+
+
+def test_failing_gate_is_a_failed_blocking_check_that_stops_downstream(
+    dvc_workspace: Path,
+) -> None:
+    _set_min_records(dvc_workspace, 1000)  # 8 records can never pass
+    resource = DvcResource(repo_root=str(dvc_workspace))
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [image_pool, m3t_records, validated_records, downstream_of_gate],
+            resources={"dvc": resource},
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert not result.success
+        (evaluation,) = result.get_asset_check_evaluations()
+        assert evaluation.check_name == GATE_CHECK and not evaluation.passed
+        assert "fewer than validate.min_records 1000" in evaluation.metadata["failures"].value
+        assert evaluation.metadata["valid"].value == 8
+        materialized = {e.asset_key for e in result.get_asset_materialization_events()}
+        assert AssetKey("validated_records") in materialized
+        assert AssetKey("downstream_of_gate") not in materialized
+
+
+def test_passing_gate_lets_downstream_run(dvc_workspace: Path) -> None:
+    _set_min_records(dvc_workspace, 8)
+    resource = DvcResource(repo_root=str(dvc_workspace))
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [image_pool, m3t_records, validated_records, downstream_of_gate],
+            resources={"dvc": resource},
+            instance=instance,
+        )
+        assert result.success
+        (evaluation,) = result.get_asset_check_evaluations()
+        assert evaluation.passed
+        event = result.asset_materializations_for_node("validated_records")[0]
+        lock = yaml.safe_load((dvc_workspace / "dvc.lock").read_text())
+        assert "validate" in lock["stages"]
+        assert event.metadata["gate_passed"].value is True
