@@ -7,11 +7,24 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-# Stages in pipeline order; each writes metrics/<stage>.json.
-STAGE_ORDER = ("images", "backbone", "synthesize", "validate", "train", "evaluate")
+# Metrics files in pipeline order (metrics/<name>.json).
+STAGE_ORDER = ("images", "backbone", "synthesize", "validation", "train", "evaluate")
+
+
+def _condense(name: str, metrics: dict) -> dict:
+    """Per-expectation details are for the report; the summary names only what failed."""
+    if name == "validation" and "expectations" in metrics:
+        failed = {k: v["failed"] for k, v in metrics["expectations"].items() if v["failed"]}
+        metrics = {k: v for k, v in metrics.items() if k != "expectations"}
+        metrics["failed_expectations"] = failed or "none"
+    return metrics
 
 
 def _format_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return "; ".join(_format_value(v) for v in value) or "-"
     if isinstance(value, dict):
         return ", ".join(f"{k}={_format_value(v)}" for k, v in value.items()) or "-"
     if isinstance(value, float):
@@ -29,7 +42,7 @@ def render_summary(metrics_dir: Path) -> str:
         return f"No stage has run yet: {metrics_dir} holds no metrics. Run `make run`."
     lines = ["muco pipeline summary", "====================="]
     for stage in ordered:
-        metrics = json.loads(found[stage].read_text(encoding="utf-8"))
+        metrics = _condense(stage, json.loads(found[stage].read_text(encoding="utf-8")))
         lines.append(f"\n[{stage}]  ({found[stage]})")
         width = max(len(key) for key in metrics) if metrics else 0
         lines.extend(f"  {key:<{width}}  {_format_value(value)}" for key, value in metrics.items())

@@ -52,3 +52,18 @@ def test_console_script_runs_a_stage(tmp_path: Path) -> None:
         check=True,
     )
     assert "images: 202 images from scenes" in result.stdout
+
+
+def test_summary_condenses_validation_to_what_failed(tmp_path: Path) -> None:
+    expectations = {
+        "unique_image": {"failed": 3, "fail_rate": 0.03, "description": "long text"},
+        "turn_count": {"failed": 0, "fail_rate": 0.0, "description": "long text"},
+    }
+    gate = {"passed": False, "failures": ["too many rejects"]}
+    (tmp_path / "validation.json").write_text(
+        json.dumps({"records": 100, "expectations": expectations, "gate": gate})
+    )
+    text = render_summary(tmp_path)
+    assert "failed_expectations  unique_image=3" in text
+    assert "turn_count" not in text and "long text" not in text
+    assert "passed=no" in text and "too many rejects" in text
