@@ -1,0 +1,1 @@
+"""Training: packing, collation, losses, feature caching, DeepSpeed loop, checkpoints, export."""
