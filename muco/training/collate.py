@@ -1,0 +1,108 @@
+"""Collating packed samples into processor inputs plus the identities the loss needs.
+
+A batch of n samples with k turns each gives n query sequences and n target sequences holding
+n·k ``<|emb|>`` tokens per side. The embedder returns one row per ``<|emb|>`` in sample-major,
+turn-minor order (METHODS.md §1: the embedding is the last hidden state at each ``<|emb|>``), so
+the per-embedding lists here (image ids, target texts) follow that order exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+from transformers import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+from muco.training.packing import PackedSample
+
+
+@dataclass(frozen=True)
+class CollatedBatch:
+    """Processor inputs for both sides and one entry per query/target pair.
+
+    ``query`` / ``target``: ``input_ids`` and ``attention_mask`` of shape (n, L), plus
+    ``pixel_values`` (patches, C·T·P·P) and ``image_grid_thw`` (images, 3) when any sample of
+    that side has an image. ``query_image_ids[j]`` / ``target_image_ids[j]`` identify the image
+    behind the j-th embedding (the logit mask compares them), ``target_texts[j]`` is the raw
+    positive text behind the j-th target embedding (for the duplicate-text mask); each has
+    ``pairs`` = Σ turns entries.
+    """
+
+    query: BatchFeature
+    target: BatchFeature
+    query_image_ids: list[str]
+    target_image_ids: list[str]
+    target_texts: list[str]
+    pairs: int
+
+
+class Collator:
+    """Turns :class:`PackedSample` lists into a :class:`CollatedBatch` (a DataLoader collate_fn).
+
+    ``max_length`` bounds each sequence's token count including the expanded image tokens; a
+    longer sequence is an error, never truncated, because truncation would cut ``<|emb|>``
+    tokens and silently drop pairs.
+    """
+
+    def __init__(self, processor: ProcessorMixin, max_length: int | None = None) -> None:
+        self.processor = processor
+        self.max_length = max_length
+
+    def __call__(self, samples: Sequence[PackedSample]) -> CollatedBatch:
+        if not samples:
+            raise ValueError("cannot collate an empty batch")
+        query = self._encode(samples, "query")
+        target = self._encode(samples, "target")
+        # Each target belongs to its record's query image: the mask identity is the same.
+        image_ids = [s.image_id for s in samples for _ in range(s.turns)]
+        return CollatedBatch(
+            query=query,
+            target=target,
+            query_image_ids=image_ids,
+            target_image_ids=list(image_ids),
+            target_texts=[text for s in samples for text in s.target_texts],
+            pairs=len(image_ids),
+        )
+
+    def _encode(self, samples: Sequence[PackedSample], side: str) -> BatchFeature:
+        texts = [getattr(s, f"{side}_text") for s in samples]
+        # The processor pairs a flat image list with the `<|image_pad|>` occurrences in batch
+        # order, so a sample without an image simply contributes none.
+        images = [
+            _load_image(path, s.image_id)
+            for s in samples
+            if (path := getattr(s, f"{side}_image")) is not None
+        ]
+        features = self.processor(
+            text=texts, images=images or None, padding=True, return_tensors="pt"
+        )
+        if self.max_length is not None:
+            lengths = features["attention_mask"].sum(dim=1).tolist()
+            for index, (sample, length) in enumerate(zip(samples, lengths, strict=True)):
+                if length > self.max_length:
+                    raise ValueError(
+                        f"{side} of sample {index} (image {sample.image_id}) has {length} "
+                        f"tokens, over max_length {self.max_length}; truncating would cut "
+                        "<|emb|> tokens"
+                    )
+        return features
+
+
+def count_tokens(batch: CollatedBatch) -> int:
+    """Non-padding tokens of both sides (image tokens included), for throughput logging."""
+    return int(batch.query["attention_mask"].sum() + batch.target["attention_mask"].sum())
+
+
+def _load_image(path: Path, image_id: str) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            # convert() decodes every pixel, so a truncated file fails here and not in the model.
+            return image.convert("RGB")
+    except OSError as error:  # missing, unreadable, not an image, truncated
+        raise OSError(
+            f"cannot load image {path} (image {image_id}): {error}; validation should have "
+            "rejected this record"
+        ) from error
