@@ -15,8 +15,9 @@ DVC := $(CURDIR)/$(DVC_VENV)/bin/dvc
 # kept (install it into .venv first, or build the venv with VENV_FLAGS=--system-site-packages).
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
 TORCH_CONSTRAINTS ?= $(if $(HAS_GPU),,constraints/cpu.txt)
-EXTRAS ?= orchestration,dev
+EXTRAS ?= orchestration,train,dev
 VENV_FLAGS ?=
+PIP_CONSTRAINTS := $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS))
 PYTEST_ARGS ?=
 export MUCO_DVC := $(DVC)
 export DAGSTER_HOME := $(CURDIR)/.dagster
@@ -34,9 +35,14 @@ help:
 $(PY):
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 
-$(VENV)/.installed: pyproject.toml $(TORCH_CONSTRAINTS) | $(PY)
+# DeepSpeed ships as a source distribution whose build imports torch: built in an isolated
+# environment it would download a CUDA torch there. So torch and the build tools come first and
+# the project installs without build isolation; DS_BUILD_OPS=0 compiles no op ahead of time.
+$(VENV)/.installed: pyproject.toml Makefile $(TORCH_CONSTRAINTS) | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS)) -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet $(PIP_CONSTRAINTS) torch "setuptools>=69" wheel
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-build-isolation $(PIP_CONSTRAINTS) \
+		-e ".[$(EXTRAS)]"
 	touch $@
 
 $(DVC): constraints/dvc.txt
