@@ -362,9 +362,10 @@ class TrainConfig(StrictModel):
     micro-batch is per rank and the accumulation / feature-cache chunking derive from both.
     """
 
+    # The training objectives, run in order. Available now: "muco" (multi-turn, METHODS §1)
+    # and its baseline "single_turn" (k = 1 per sequence).
     stages: Annotated[
-        tuple[Literal["single_turn", "muco", "muco_stage2", "unime", "coma", "cocoa"], ...],
-        Field(min_length=1),
+        tuple[Literal["single_turn", "muco"], ...], Field(min_length=1, max_length=1)
     ] = ("muco",)
     seed: int = 0
     turns: Annotated[int, Field(ge=1, le=16)] = 7
@@ -378,6 +379,9 @@ class TrainConfig(StrictModel):
     schedule: Literal["constant", "cosine"] = "constant"
     temperature: Annotated[float, Field(gt=0)] = 0.02
     symmetric: bool = False
+    # Project addition (not in the reference): targets whose text equals the positive's are not
+    # negatives. Short answers ("red", "three") repeat across images and would be false ones.
+    mask_duplicate_targets: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
     gradient_checkpointing: bool = True
     max_grad_norm: Annotated[float, Field(gt=0)] = 1.0

@@ -1,0 +1,101 @@
+"""DVC stage ``train``: the embedding model (``models/muco``) from validated records.
+
+Run as one process, or as several under torchrun / the deepspeed launcher (each process runs
+this same main; only rank 0 writes outputs). Writes the merged Hugging Face model directory,
+``metrics/train.json`` (final loss, steps, throughput) and ``metrics/train_log.csv`` (one row
+per logged step, for ``dvc plots``). Checkpoints go to ``--checkpoints``; rerunning the stage
+after an interruption resumes from the newest complete one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from muco.config import load_params, params_hash
+from muco.io import atomic_write_json, atomic_write_text
+from muco.stages import run_stage
+from muco.training.export import export_model
+from muco.training.loop import train
+
+LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "pairs_per_s", "tokens_per_s")
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=Path("data/m3t_valid"), help="records")
+    parser.add_argument("--images", type=Path, default=Path("data/images"), help="image root")
+    parser.add_argument("--backbone", type=Path, default=Path("models/backbone"))
+    parser.add_argument("--out", type=Path, default=Path("models/muco"))
+    parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints/muco"))
+    parser.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
+    parser.add_argument("--log", type=Path, default=Path("metrics/train_log.csv"))
+
+
+def _log_csv(history: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOG_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: entry[k] for k in LOG_FIELDS} for entry in history)
+    return buffer.getvalue()
+
+
+def _run(args: argparse.Namespace) -> int:
+    params = load_params(args.params)
+
+    def show(entry: dict) -> None:
+        print(
+            f"step {entry['step']:>5}  loss {entry['loss']:.4f}  lr {entry['lr']:.2e}  "
+            f"pairs/s {entry['pairs_per_s']:.1f}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    embedder, report = train(
+        params.train,
+        params.backbone,
+        args.data,
+        args.images,
+        args.backbone,
+        args.checkpoints,
+        log=show,
+    )
+    if torch.distributed.get_rank() != 0:
+        return 0
+    export_model(
+        embedder,
+        args.out,
+        provenance={"stage": "train", "params_sha256": params_hash(params.train)},
+    )
+    atomic_write_text(args.log, _log_csv(report.history))
+    atomic_write_json(
+        args.metrics,
+        {
+            "steps": params.train.max_steps,
+            "final_loss": round(report.final_loss, 6),
+            "first_loss": round(report.history[0]["loss"], 6) if report.history else None,
+            "trainable_parameters": report.trainable_parameters,
+            "total_parameters": report.total_parameters,
+            "stages": list(params.train.stages),
+        },
+    )
+    print(
+        f"train: {report.steps} steps (resumed from {report.resumed_from}), final loss "
+        f"{report.final_loss:.4f}, {report.pairs / max(report.seconds, 1e-9):.1f} pairs/s; "
+        f"model in {args.out}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "muco train") -> int:
+    """Entry point of ``muco train`` and ``python -m muco.stages.train``."""
+    return run_stage(__doc__ or "", _configure, _run, argv, prog)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

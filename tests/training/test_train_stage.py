@@ -1,0 +1,171 @@
+"""The train stage end to end on the tiny backbone: the loss falls, export reloads, and a run
+killed mid-way resumes to bitwise the same weights as an uninterrupted run (CPU, fp32).
+
+Each run is a subprocess, as DVC runs the stage: DeepSpeed's process group is per process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.numpy import load_file
+
+from muco.config import BackboneConfig, ImagesConfig, SynthesizeConfig, TinyBackboneConfig
+from muco.images.pool import build_pool
+from muco.model.backbone import prepare_backbone
+from muco.model.embedder import Embedder, EmbedInput
+from muco.synthesis.generators import build_generator
+from muco.synthesis.runner import synthesize
+
+REPO = Path(__file__).resolve().parents[2]
+PIXELS = {"min_pixels": 56 * 56, "max_pixels": 56 * 56}
+TRAIN = {
+    "stages": ["muco"],
+    "turns": 7,
+    "global_batch_size": 8,
+    "micro_batch_size": 4,
+    "max_steps": 6,
+    "lr": 0.001,
+    "warmup_steps": 1,
+    "temperature": 0.05,
+    "gradient_checkpointing": False,
+    "finetune": {"mode": "full", "freeze_vision": False},
+    "deepspeed": {"zero_stage": 2},
+    "checkpoint": {"every_steps": 2, "keep_last": 2},
+    "log_every_steps": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    images = ImagesConfig.model_validate(
+        {
+            "source": {
+                "kind": "scenes",
+                "image_size": 56,
+                "counts": {"train": 16, "test": 0, "test_unseen": 0},
+            }
+        }
+    )
+    build_pool(images, root / "images")
+    cfg = SynthesizeConfig()
+    synthesize(root / "images", root / "m3t", cfg, build_generator(cfg), root / "cache")
+    backbone = BackboneConfig(tiny=TinyBackboneConfig(hidden_size=32, vocab_size=512), **PIXELS)
+    prepare_backbone(backbone, root / "backbone")
+    params = {"backbone": {"source": "tiny", **PIXELS}, "train": TRAIN}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def _command(root: Path, run: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "muco.stages.train",
+        "--params",
+        str(root / "params.yaml"),
+        "--data",
+        str(root / "m3t"),
+        "--images",
+        str(root / "images"),
+        "--backbone",
+        str(root / "backbone"),
+        "--out",
+        str(root / run / "model"),
+        "--checkpoints",
+        str(root / run / "checkpoints"),
+        "--metrics",
+        str(root / run / "train.json"),
+        "--log",
+        str(root / run / "log.csv"),
+    ]
+
+
+def _environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return {**env, "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workspace: Path) -> Path:
+    subprocess.run(
+        _command(workspace, "full"),
+        env=_environment(),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return workspace / "full"
+
+
+def test_loss_falls_and_outputs_are_written(uninterrupted: Path) -> None:
+    metrics = json.loads((uninterrupted / "train.json").read_text())
+    assert metrics["steps"] == 6
+    assert metrics["final_loss"] < metrics["first_loss"]
+    rows = (uninterrupted / "log.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,lr,grad_norm,pairs_per_s,tokens_per_s" and len(rows) == 7
+    checkpoints = sorted(p.name for p in (uninterrupted / "checkpoints").glob("step-*"))
+    assert checkpoints == ["step-000004", "step-000006"]  # keep_last = 2
+
+
+def test_export_reloads_with_plain_loaders(uninterrupted: Path, workspace: Path) -> None:
+    model_dir = uninterrupted / "model"
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["model_type"] == "qwen2_vl"
+    assert not list(model_dir.glob("*.bin")) and not list(model_dir.glob("*.pt"))
+    embedder = Embedder.from_pretrained(model_dir, **PIXELS)
+    vectors = embedder.encode(
+        [
+            EmbedInput(text="a small red circle"),
+            EmbedInput(image=workspace / "images" / "scenes" / "train" / "train-000000.png"),
+        ]
+    )
+    assert vectors.shape == (2, 32)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_killed_run_resumes_to_bitwise_identical_weights(
+    workspace: Path, uninterrupted: Path
+) -> None:
+    checkpoints = workspace / "resumed" / "checkpoints"
+    process = subprocess.Popen(
+        _command(workspace, "resumed"),
+        env=_environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "latest").exists():
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    latest = (checkpoints / "latest").read_text().strip()
+    assert latest in {"step-000002", "step-000004"}, latest
+
+    result = subprocess.run(
+        _command(workspace, "resumed"),
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    assert f"resumed from {int(latest[5:])}" in result.stdout
+
+    full = load_file(str(uninterrupted / "model" / "model.safetensors"))
+    resumed = load_file(str(workspace / "resumed" / "model" / "model.safetensors"))
+    assert full.keys() == resumed.keys()
+    for name in full:
+        assert np.array_equal(full[name], resumed[name]), name
