@@ -6,6 +6,7 @@ Dagster and DVC agree on what was produced; its metadata comes from the stage's 
 # No `from __future__ import annotations` here: Dagster inspects the real `context` annotation.
 
 import base64
+import csv
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -174,6 +175,37 @@ def validated_records_metadata(root: Path, metrics: Mapping[str, Any]) -> dict[s
     }
 
 
+def embedding_model_metadata(root: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Losses, size, throughput and the loss curve as an image."""
+    from muco.plots import line_chart_png
+
+    meta: dict[str, Any] = {
+        "final_loss": MetadataValue.float(metrics["final_loss"]),
+        "first_loss": MetadataValue.float(metrics["first_loss"]),
+        "steps": MetadataValue.int(metrics["steps"]),
+        "trainable_parameters": MetadataValue.int(metrics["trainable_parameters"]),
+        "model": MetadataValue.path(str(root / "models" / "muco")),
+    }
+    timings = root / "metrics" / "timings" / "train.json"
+    if timings.exists():
+        run = json.loads(timings.read_text(encoding="utf-8"))
+        meta["pairs_per_s"] = MetadataValue.float(run["pairs_per_s"])
+        meta["tokens_per_s"] = MetadataValue.float(run["tokens_per_s"])
+    log = root / "metrics" / "train_log.csv"
+    if log.exists():
+        rows = list(csv.DictReader(log.read_text(encoding="utf-8").splitlines()))
+        png = line_chart_png(
+            [int(r["step"]) for r in rows],
+            {"loss": [float(r["loss"]) for r in rows]},
+            title="training loss",
+            xlabel="step",
+            ylabel="InfoNCE",
+        )
+        encoded = base64.b64encode(png).decode()
+        meta["loss_curve"] = MetadataValue.md(f"![loss curve](data:image/png;base64,{encoded})")
+    return meta
+
+
 GATE_CHECK = "validation_gate"
 
 
@@ -265,4 +297,16 @@ validated_records = dvc_stage_asset(
     ],
     checks=gate_check,
     metrics_file="metrics/validation.json",
+)
+
+embedding_model = dvc_stage_asset(
+    name="embedding_model",
+    stage="train",
+    description=(
+        "The trained embedding model (models/muco): a merged Hugging Face Qwen2-VL directory "
+        "with <|emb|>, trained with MuCo multi-turn contrastive learning on DeepSpeed."
+    ),
+    metadata=embedding_model_metadata,
+    deps=["validated_records", "backbone"],
+    kinds={"pytorch", "deepspeed", "safetensors"},
 )

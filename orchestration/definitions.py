@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dagster import Definitions, define_asset_job
 
-from orchestration.assets import backbone, image_pool, m3t_records, validated_records
+from orchestration.assets import (
+    backbone,
+    embedding_model,
+    image_pool,
+    m3t_records,
+    validated_records,
+)
 from orchestration.dvc import DvcResource
 
 pipeline_job = define_asset_job(
@@ -12,7 +18,7 @@ pipeline_job = define_asset_job(
 )
 
 defs = Definitions(
-    assets=[image_pool, backbone, m3t_records, validated_records],
+    assets=[image_pool, backbone, m3t_records, validated_records, embedding_model],
     jobs=[pipeline_job],
     resources={"dvc": DvcResource()},
 )

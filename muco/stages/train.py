@@ -3,14 +3,16 @@
 Run as one process, or as several under torchrun / the deepspeed launcher (each process runs
 this same main; only rank 0 writes outputs). Writes the merged Hugging Face model directory,
 ``metrics/train.json`` (final loss, steps, throughput) and ``metrics/train_log.csv`` (one row
-per logged step, for ``dvc plots``). Checkpoints go to ``--checkpoints``; rerunning the stage
-after an interruption resumes from the newest complete one.
+per logged step, for ``dvc plots``). Checkpoints go to ``--checkpoints/<run key>``; rerunning
+the stage after an interruption resumes from the newest complete one, and a change of params,
+records or backbone starts a fresh run (see :func:`run_key`).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import sys
 from collections.abc import Sequence
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from muco.config import load_params, params_hash
+from muco.config import Params, load_params, params_hash
 from muco.io import atomic_write_json, atomic_write_text
 from muco.stages import run_stage
 from muco.training.export import export_model
@@ -35,6 +37,27 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints/muco"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
     parser.add_argument("--log", type=Path, default=Path("metrics/train_log.csv"))
+    parser.add_argument(
+        "--timings",
+        type=Path,
+        default=Path("metrics/timings/train.json"),
+        help="throughput of this run (not a DVC output)",
+    )
+
+
+def run_key(params: Params, data: Path, backbone: Path) -> str:
+    """What a checkpoint may be resumed by: the same train and backbone params, the same
+    records (file bytes) and the same backbone files (names and sizes; hashing a 7B model's
+    bytes on every run would cost minutes). Anything else starts from scratch."""
+    digest = hashlib.sha256()
+    digest.update(params_hash(params.train).encode())
+    digest.update(params_hash(params.backbone).encode())
+    for shard in sorted(Path(data).glob("*.parquet")):
+        digest.update(shard.name.encode() + shard.read_bytes())
+    for file in sorted(Path(backbone).rglob("*")):
+        if file.is_file():
+            digest.update(f"{file.relative_to(backbone)}:{file.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
 
 
 def _log_csv(history: list[dict]) -> str:
@@ -62,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
         args.data,
         args.images,
         args.backbone,
-        args.checkpoints,
+        args.checkpoints / run_key(params, args.data, args.backbone),
         log=show,
     )
     if torch.distributed.get_rank() != 0:
@@ -82,6 +105,16 @@ def _run(args: argparse.Namespace) -> int:
             "trainable_parameters": report.trainable_parameters,
             "total_parameters": report.total_parameters,
             "stages": list(params.train.stages),
+        },
+    )
+    atomic_write_json(
+        args.timings,
+        {
+            "seconds": round(report.seconds, 3),
+            "steps_run": report.steps,
+            "resumed_from": report.resumed_from,
+            "pairs_per_s": round(report.pairs / max(report.seconds, 1e-9), 3),
+            "tokens_per_s": round(report.tokens / max(report.seconds, 1e-9), 3),
         },
     )
     print(

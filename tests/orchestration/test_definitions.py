@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,11 @@ def test_definitions_load_with_assets_resources_and_job() -> None:
         AssetKey("backbone"),
         AssetKey("m3t_records"),
         AssetKey("validated_records"),
+        AssetKey("embedding_model"),
+    }
+    assert graph.get(AssetKey("embedding_model")).parent_keys == {
+        AssetKey("validated_records"),
+        AssetKey("backbone"),
     }
     assert graph.get(AssetKey("m3t_records")).parent_keys == {AssetKey("image_pool")}
     assert defs.resolve_job_def("pipeline") is not None
@@ -148,3 +154,38 @@ def test_passing_gate_lets_downstream_run(dvc_workspace: Path) -> None:
         lock = yaml.safe_load((dvc_workspace / "dvc.lock").read_text())
         assert "validate" in lock["stages"]
         assert event.metadata["gate_passed"].value is True
+
+
+def test_embedding_model_metadata_has_losses_throughput_and_the_curve(tmp_path: Path) -> None:
+    from orchestration.assets import embedding_model_metadata
+
+    (tmp_path / "metrics" / "timings").mkdir(parents=True)
+    (tmp_path / "metrics" / "train_log.csv").write_text(
+        "step,loss,lr,grad_norm,pairs_per_s,tokens_per_s\n1,4.0,0.1,1,10,100\n2,3.0,0.1,1,10,100\n"
+    )
+    (tmp_path / "metrics" / "timings" / "train.json").write_text(
+        json.dumps({"pairs_per_s": 12.5, "tokens_per_s": 900.0})
+    )
+    metrics = {"final_loss": 3.0, "first_loss": 4.0, "steps": 2, "trainable_parameters": 7}
+    meta = embedding_model_metadata(tmp_path, metrics)
+    assert meta["final_loss"].value == 3.0 and meta["pairs_per_s"].value == 12.5
+    assert meta["loss_curve"].value.startswith("![loss curve](data:image/png;base64,iVBOR")
+
+
+def test_whole_graph_materialises_through_dvc(dvc_workspace: Path) -> None:
+    params = yaml.safe_load((dvc_workspace / "params.yaml").read_text())
+    params["validate"]["min_records"] = 8
+    params["backbone"]["tiny"].update(hidden_size=32, num_layers=1, vocab_size=512)
+    params["train"].update(global_batch_size=8, micro_batch_size=4, max_steps=2, log_every_steps=1)
+    (dvc_workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            list(defs.assets),
+            resources={"dvc": DvcResource(repo_root=str(dvc_workspace))},
+            instance=instance,
+        )
+        assert result.success
+        event = result.asset_materializations_for_node("embedding_model")[0]
+        assert event.metadata["steps"].value == 2
+        assert "data:image/png" in event.metadata["loss_curve"].value
+        assert (dvc_workspace / "models" / "muco" / "model.safetensors").exists()
