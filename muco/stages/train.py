@@ -36,7 +36,12 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("models/muco"))
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints/muco"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
-    parser.add_argument("--log", type=Path, default=Path("metrics/train_log.csv"))
+    parser.add_argument(
+        "--history",
+        type=Path,
+        default=Path("metrics/train_log.csv"),
+        help="per-step loss, lr, grad norm and throughput (CSV)",
+    )
     parser.add_argument(
         "--timings",
         type=Path,
@@ -88,14 +93,23 @@ def _run(args: argparse.Namespace) -> int:
         args.checkpoints / run_key(params, args.data, args.backbone),
         log=show,
     )
+    import deepspeed  # train() chose the accelerator before DeepSpeed was first imported
+
+    # Under ZeRO-3 each rank holds a slice of every weight: all ranks gather them (a
+    # collective), then rank 0 writes the merged model.
+    with deepspeed.zero.GatheredParameters(
+        list(embedder.backbone.model.parameters()),
+        enabled=params.train.deepspeed.zero_stage == 3,
+    ):
+        if torch.distributed.get_rank() == 0:
+            export_model(
+                embedder,
+                args.out,
+                provenance={"stage": "train", "params_sha256": params_hash(params.train)},
+            )
     if torch.distributed.get_rank() != 0:
         return 0
-    export_model(
-        embedder,
-        args.out,
-        provenance={"stage": "train", "params_sha256": params_hash(params.train)},
-    )
-    atomic_write_text(args.log, _log_csv(report.history))
+    atomic_write_text(args.history, _log_csv(report.history))
     atomic_write_json(
         args.metrics,
         {

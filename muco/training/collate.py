@@ -16,6 +16,7 @@ from PIL import Image
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from muco.model.special_tokens import IMAGE_PLACEHOLDER
 from muco.training.packing import PackedSample
 
 
@@ -39,6 +40,10 @@ class CollatedBatch:
     pairs: int
 
 
+VISION_KEEPALIVE_TEXT = f"<|im_start|>user\n{IMAGE_PLACEHOLDER}<|im_end|>"
+VISION_KEEPALIVE_SIDE = 56
+
+
 class Collator:
     """Turns :class:`PackedSample` lists into a :class:`CollatedBatch` (a DataLoader collate_fn).
 
@@ -47,9 +52,16 @@ class Collator:
     tokens and silently drop pairs.
     """
 
-    def __init__(self, processor: ProcessorMixin, max_length: int | None = None) -> None:
+    def __init__(
+        self,
+        processor: ProcessorMixin,
+        max_length: int | None = None,
+        *,
+        always_run_vision: bool = False,
+    ) -> None:
         self.processor = processor
         self.max_length = max_length
+        self.always_run_vision = always_run_vision
 
     def __call__(self, samples: Sequence[PackedSample]) -> CollatedBatch:
         if not samples:
@@ -76,6 +88,13 @@ class Collator:
             for s in samples
             if (path := getattr(s, f"{side}_image")) is not None
         ]
+        if self.always_run_vision and not images:
+            # Under ZeRO-3 every rank must run the vision tower at the same point of the forward
+            # pass (its parameters are gathered collectively). A text-only micro-batch gets one
+            # extra row with a blank image and no <|emb|>: it drives the tower and, having no
+            # embedding position, adds nothing to the loss.
+            texts = [*texts, VISION_KEEPALIVE_TEXT]
+            images = [Image.new("RGB", (VISION_KEEPALIVE_SIDE, VISION_KEEPALIVE_SIDE))]
         features = self.processor(
             text=texts, images=images or None, padding=True, return_tensors="pt"
         )

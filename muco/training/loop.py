@@ -80,6 +80,24 @@ def learning_rate_factor(cfg: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
+class EmbeddingModule(torch.nn.Module):
+    """The module DeepSpeed wraps: the backbone, with a forward that returns embeddings.
+
+    Every forward must go through ``engine(...)``: the engine's prologue runs ZeRO bookkeeping
+    (stage 3 switches gradient partitions from copy to accumulate there) and bf16 autocast.
+    Wrapping the backbone's own forward would also compute LM logits that MuCo never uses.
+    """
+
+    def __init__(self, embedder: Embedder) -> None:
+        super().__init__()
+        self.backbone = embedder.backbone.model
+        self.embedder = embedder  # not a Module: holds the processor and the <|emb|> id
+
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
+        """``(N_emb, D)`` L2-normalised embeddings of a processed batch."""
+        return self.embedder.forward_embeddings(batch)
+
+
 def _gather_strings(values: Sequence[str]) -> list[str]:
     world = torch.distributed.get_world_size()
     if world == 1:
@@ -139,14 +157,16 @@ def train(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(cfg))
     engine, _, _, _ = deepspeed.initialize(
-        model=model,
+        model=EmbeddingModule(embedder),
         optimizer=optimizer,
         lr_scheduler=scheduler,
         config=deepspeed_config(cfg, world),
     )
     mode = "single_turn" if cfg.stages == ("single_turn",) else "multi_turn"
     dataset = PackedDataset(records, image_root, mode=mode, turns=cfg.turns, seed=cfg.seed)
-    collator = Collator(embedder.backbone.processor)
+    collator = Collator(
+        embedder.backbone.processor, always_run_vision=cfg.deepspeed.zero_stage == 3
+    )
     report = TrainReport(trainable_parameters=summary.trainable, total_parameters=summary.total)
     state = load_checkpoint(engine, checkpoint_dir, rank)
     if state is not None:
@@ -164,8 +184,8 @@ def train(
             for start in range(0, per_rank, cfg.micro_batch_size)
         ]
         loss = cached_backward(
-            lambda chunk: embedder.forward_embeddings(chunk.query),
-            lambda chunk: embedder.forward_embeddings(chunk.target),
+            lambda chunk: engine(**chunk.query),
+            lambda chunk: engine(**chunk.target),
             chunks,
             chunks,
             _loss_fn(cfg, chunks),

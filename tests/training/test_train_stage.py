@@ -86,7 +86,7 @@ def _command(root: Path, run: str) -> list[str]:
         str(root / run / "checkpoints"),
         "--metrics",
         str(root / run / "train.json"),
-        "--log",
+        "--history",
         str(root / run / "log.csv"),
     ]
 
