@@ -24,6 +24,7 @@ from muco.config import Params, load_params, params_hash
 from muco.io import atomic_write_json, atomic_write_text
 from muco.stages import run_stage
 from muco.training.export import export_model
+from muco.training.launch import relaunch
 from muco.training.loop import train
 
 LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "pairs_per_s", "tokens_per_s")
@@ -41,6 +42,12 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=Path("metrics/train_log.csv"),
         help="per-step loss, lr, grad norm and throughput (CSV)",
+    )
+    parser.add_argument(
+        "--tensorboard",
+        type=Path,
+        default=Path("metrics/tensorboard/train"),
+        help="TensorBoard event files (not a DVC output)",
     )
     parser.add_argument(
         "--timings",
@@ -75,6 +82,9 @@ def _log_csv(history: list[dict]) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
+    code = relaunch(params.train.distributed, "muco.stages.train", args.argv)
+    if code is not None:
+        return code
 
     def show(entry: dict) -> None:
         print(
@@ -92,6 +102,8 @@ def _run(args: argparse.Namespace) -> int:
         args.backbone,
         args.checkpoints / run_key(params, args.data, args.backbone),
         log=show,
+        tensorboard_dir=args.tensorboard,
+        progress=sys.stderr.isatty(),
     )
     import deepspeed  # train() chose the accelerator before DeepSpeed was first imported
 
@@ -141,7 +153,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None, prog: str = "muco train") -> int:
     """Entry point of ``muco train`` and ``python -m muco.stages.train``."""
-    return run_stage(__doc__ or "", _configure, _run, argv, prog)
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def run(args: argparse.Namespace) -> int:
+        args.argv = argv  # a launcher re-executes the stage with exactly these arguments
+        return _run(args)
+
+    return run_stage(__doc__ or "", _configure, run, argv, prog)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from muco.config import BackboneConfig, TrainConfig
 from muco.model.embedder import Embedder
@@ -133,11 +134,14 @@ def train(
     checkpoint_dir: Path,
     *,
     log: LogFn | None = None,
+    tensorboard_dir: Path | None = None,
+    progress: bool = False,
 ) -> tuple[Embedder, TrainReport]:
     """Train the embedder described by ``cfg``; resumes from ``checkpoint_dir`` if possible.
 
-    Returns the trained embedder (LoRA not yet merged) and the report. Collective: every rank
-    calls it.
+    Rank 0 logs each logged step to ``log``, to TensorBoard under ``tensorboard_dir`` and to a
+    progress bar. Returns the trained embedder (LoRA not yet merged) and the report.
+    Collective: every rank calls it.
     """
     import deepspeed
 
@@ -173,6 +177,14 @@ def train(
         restore_rng(state.rng)
         report.resumed_from = state.step
     started = time.perf_counter()
+    board = _tensorboard(tensorboard_dir) if rank == 0 else None
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=report.resumed_from,
+        desc="train",
+        unit="step",
+        disable=rank != 0 or not progress,
+    )
     model.train()
     for step in range(report.resumed_from, cfg.max_steps):
         indices = batch_records(len(dataset), cfg.global_batch_size, cfg.seed, step)
@@ -192,6 +204,8 @@ def train(
             backward=_engine_backward(engine, calls=2 * len(chunks)),
         )
         engine.step()
+        bar.update()
+        bar.set_postfix(loss=f"{float(loss):.4f}")
         report.steps += 1
         report.pairs += sum(c.pairs for c in chunks) * world
         report.tokens += sum(count_tokens(c) for c in chunks) * world
@@ -208,11 +222,26 @@ def train(
             report.history.append(entry)
             if log is not None and rank == 0:
                 log(entry)
+            if board is not None:
+                for name, value in entry.items():
+                    if name != "step":
+                        board.add_scalar(f"train/{name}", value, entry["step"])
         if (step + 1) % cfg.checkpoint.every_steps == 0 or step + 1 == cfg.max_steps:
             save_checkpoint(engine, checkpoint_dir, step + 1, cfg.checkpoint.keep_last, rank)
     report.seconds = time.perf_counter() - started
+    bar.close()
+    if board is not None:
+        board.close()
     model.eval()
     return embedder, report
+
+
+def _tensorboard(directory: Path | None) -> object | None:
+    if directory is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+    return SummaryWriter(log_dir=str(directory))
 
 
 def _engine_backward(engine: object, calls: int) -> Callable[[torch.Tensor], None]:

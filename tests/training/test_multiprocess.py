@@ -71,10 +71,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run(root: Path, name: str, zero_stage: int, processes: int, data: Path) -> list[float]:
+def _run(
+    root: Path, name: str, zero_stage: int, processes: int, data: Path, via_params: bool = False
+) -> list[float]:
+    """Train and return the loss curve; ``via_params`` makes the stage launch torchrun itself."""
     run = root / name
     run.mkdir()
-    params = {"backbone": {"source": "tiny", **PIXELS}, "train": _train_params(zero_stage)}
+    train = _train_params(zero_stage)
+    if via_params:
+        train["distributed"] = {"launcher": "torchrun", "nproc_per_node": processes}
+    params = {"backbone": {"source": "tiny", **PIXELS}, "train": train}
     (run / "params.yaml").write_text(yaml.safe_dump(params))
     stage = [
         "-m",
@@ -97,10 +103,12 @@ def _run(root: Path, name: str, zero_stage: int, processes: int, data: Path) -> 
         str(run / "log.csv"),
         "--timings",
         str(run / "timings.json"),
+        "--tensorboard",
+        str(run / "tensorboard"),
     ]
     launcher = (
         [sys.executable]
-        if processes == 1
+        if processes == 1 or via_params
         else [
             sys.executable,
             "-m",
@@ -123,6 +131,9 @@ def test_loss_curves_match_across_zero_stages_and_process_counts(workspace: Path
     for name, stage, processes in [("zero2-2", 2, 2), ("zero3-1", 3, 1), ("zero3-2", 3, 2)]:
         curve = _run(workspace, name, stage, processes, data)
         np.testing.assert_allclose(curve, reference, rtol=1e-4, err_msg=name)
+    # The same two-process run, started plainly: train.distributed makes it launch torchrun.
+    curve = _run(workspace, "zero2-params", 2, 2, data, via_params=True)
+    np.testing.assert_allclose(curve, reference, rtol=1e-4, err_msg="launched from params")
     assert (workspace / "zero3-2" / "model" / "model.safetensors").exists()
 
 

@@ -86,6 +86,8 @@ def _command(root: Path, run: str) -> list[str]:
         str(root / run / "checkpoints"),
         "--metrics",
         str(root / run / "train.json"),
+        "--tensorboard",
+        str(root / run / "tensorboard"),
         "--history",
         str(root / run / "log.csv"),
     ]
@@ -114,6 +116,7 @@ def test_loss_falls_and_outputs_are_written(uninterrupted: Path) -> None:
     assert metrics["final_loss"] < metrics["first_loss"]
     rows = (uninterrupted / "log.csv").read_text().splitlines()
     assert rows[0] == "step,loss,lr,grad_norm,pairs_per_s,tokens_per_s" and len(rows) == 7
+    assert list((uninterrupted / "tensorboard").glob("events.out.tfevents.*"))
     checkpoints = sorted(p.name for p in (uninterrupted / "checkpoints").glob("*/step-*"))
     assert checkpoints == ["step-000004", "step-000006"]  # keep_last = 2
 
