@@ -18,14 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from muco.config import BackboneConfig, ImagesConfig, SynthesizeConfig, TinyBackboneConfig
-from muco.images.pool import build_pool
-from muco.model.backbone import prepare_backbone
 from muco.records import read_records
-from muco.synthesis.generators import build_generator
-from muco.synthesis.runner import synthesize
 
-PIXELS = {"min_pixels": 56 * 56, "max_pixels": 56 * 56}
+PIXELS = {"min_pixels": 56 * 56, "max_pixels": 56 * 56}  # as in conftest.py
 
 
 def _train_params(zero_stage: int) -> dict:
@@ -46,22 +41,8 @@ def _train_params(zero_stage: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("mp")
-    images = ImagesConfig.model_validate(
-        {
-            "source": {
-                "kind": "scenes",
-                "image_size": 56,
-                "counts": {"train": 16, "test": 0, "test_unseen": 0},
-            }
-        }
-    )
-    build_pool(images, root / "images")
-    cfg = SynthesizeConfig()
-    synthesize(root / "images", root / "m3t", cfg, build_generator(cfg), root / "cache")
-    backbone = BackboneConfig(tiny=TinyBackboneConfig(hidden_size=32, vocab_size=512), **PIXELS)
-    prepare_backbone(backbone, root / "backbone")
+def workspace(training_workspace: Path) -> Path:
+    root = training_workspace
     return root
 
 
