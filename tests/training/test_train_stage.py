@@ -154,3 +154,27 @@ def test_killed_run_resumes_to_bitwise_identical_weights(
     assert full.keys() == resumed.keys()
     for name in full:
         assert np.array_equal(full[name], resumed[name]), name
+
+
+@pytest.mark.parametrize("mode", ["lora", "dora"])
+def test_adapter_training_with_checkpointing_runs_and_exports_merged(
+    workspace: Path, mode: str
+) -> None:
+    run = f"{mode}-run"
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["train"].update(
+        max_steps=2,
+        gradient_checkpointing=True,
+        finetune={"mode": mode, "r": 4, "alpha": 8, "dropout": 0.1, "freeze_vision": True},
+    )
+    (workspace / f"{run}.yaml").write_text(yaml.safe_dump(params))
+    command = _command(workspace, run)
+    command[command.index("--params") + 1] = str(workspace / f"{run}.yaml")
+    subprocess.run(command, env=_environment(), check=True, capture_output=True, timeout=600)
+    metrics = json.loads((workspace / run / "train.json").read_text())
+    assert metrics["trainable_parameters"] < metrics["total_parameters"] / 2
+    assert np.isfinite(metrics["final_loss"])
+    merged = load_file(str(workspace / run / "model" / "model.safetensors"))
+    assert not any("lora" in name for name in merged)
+    embedder = Embedder.from_pretrained(workspace / run / "model", **PIXELS)
+    assert embedder.encode([EmbedInput(text="a large blue square")]).shape == (1, 32)
