@@ -92,8 +92,8 @@ QWEN2_VL_2B = TinyBackboneConfig(
     vision_depth=32,
     vision_embed_dim=1280,
     vision_num_heads=16,
+    vision_mlp_ratio=4,
 )
-QWEN2_VL_2B_VISION_MLP_RATIO = 4
 
 # Runs inside each measured child: reports the child's own peak memory at exit (a parent's
 # RUSAGE_CHILDREN is the maximum over every child so far, so it cannot separate the runs).
@@ -150,39 +150,8 @@ def build_workspace(root: Path, scenes: int, image_size: int, size: str) -> Back
     backbone = load_params(REPO / "params.yaml").backbone
     if size == "2b":
         backbone = backbone.model_copy(update={"tiny": QWEN2_VL_2B})
-        save_2b_backbone(backbone, root / "backbone")
-    else:
-        prepare_backbone(backbone, root / "backbone")
+    prepare_backbone(backbone, root / "backbone")
     return backbone
-
-
-def save_2b_backbone(backbone: BackboneConfig, out_dir: Path) -> None:
-    """As :func:`muco.model.tiny.save_tiny_backbone`, with the 2B vision MLP ratio (4, not 2)."""
-    from transformers import Qwen2VLForConditionalGeneration
-
-    from muco.io import atomic_directory
-    from muco.model.processor import ImageOnlyQwen2VLProcessor, build_image_processor
-    from muco.model.tiny import VOCAB_PAD_MULTIPLE, tiny_model_config
-    from muco.model.tokenizer import train_tokenizer
-
-    cfg = backbone.tiny
-    tokenizer = train_tokenizer(cfg.vocab_size)
-    token_ids = {
-        token: tokenizer.convert_tokens_to_ids(token) for token in tokenizer.all_special_tokens
-    }
-    padded_vocab = -(-len(tokenizer) // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
-    config = tiny_model_config(cfg, token_ids, padded_vocab)
-    config.vision_config.mlp_ratio = QWEN2_VL_2B_VISION_MLP_RATIO
-    torch.manual_seed(cfg.seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    processor = ImageOnlyQwen2VLProcessor(
-        build_image_processor(backbone.min_pixels, backbone.max_pixels),
-        tokenizer,
-        chat_template=tokenizer.chat_template,
-    )
-    with atomic_directory(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
 
 
 def count_parameters(backbone_dir: Path) -> int:
@@ -226,7 +195,8 @@ def tokens_per_pair(
         batch, micro = records_per_step * per_record, micro_records * per_record
         tokens = padded = pairs = 0
         for step in range(len(dataset) // batch):
-            samples = [dataset[int(i)] for i in batch_records(len(dataset), batch, 0, step)]
+            _, indices = batch_records(len(dataset), batch, 0, step)  # one epoch: epoch 0
+            samples = [dataset[int(i)] for i in indices]
             for start in range(0, batch, micro):
                 chunk = collator(samples[start : start + micro])
                 tokens += count_tokens(chunk)
@@ -464,7 +434,6 @@ def run_benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "backbone": {
             **backbone.tiny.model_dump(mode="json"),
-            "vision_mlp_ratio": QWEN2_VL_2B_VISION_MLP_RATIO if args.size == "2b" else 2,
             "parameters": count_parameters(root / "backbone"),
             "min_pixels": backbone.min_pixels,
             "max_pixels": backbone.max_pixels,

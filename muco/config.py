@@ -152,6 +152,8 @@ class TinyBackboneConfig(StrictModel):
     vision_depth: PositiveInt = 2
     vision_embed_dim: Annotated[int, Field(ge=8)] = 32
     vision_num_heads: PositiveInt = 2
+    # Width of the vision MLP over its embedding (Qwen2-VL: 4; Qwen2.5-VL has its own MLP).
+    vision_mlp_ratio: PositiveInt = 2
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyBackboneConfig:

@@ -77,7 +77,7 @@ def tiny_model_config(
             "embed_dim": cfg.vision_embed_dim,
             "hidden_size": cfg.hidden_size,
             "num_heads": cfg.vision_num_heads,
-            "mlp_ratio": 2,
+            "mlp_ratio": cfg.vision_mlp_ratio,
         }
         return Qwen2VLConfig(text_config=text_config, vision_config=vision_config, **common)
     vision_config = {

@@ -143,3 +143,24 @@ def test_non_qwen_checkpoint_is_rejected(tmp_path: Path) -> None:
     ).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="model_type 'llama' is not one of"):
         load_backbone(tmp_path)
+
+
+def test_vision_mlp_ratio_reaches_the_model_config() -> None:
+    from muco.model.tiny import tiny_model_config
+
+    ids = {
+        t: i
+        for i, t in enumerate(
+            [
+                "<|endoftext|>",
+                "<|im_end|>",
+                "<|image_pad|>",
+                "<|video_pad|>",
+                "<|vision_start|>",
+                "<|vision_end|>",
+            ]
+        )
+    }
+    config = tiny_model_config(TinyBackboneConfig(vision_mlp_ratio=4), ids, 1024)
+    assert config.vision_config.mlp_ratio == 4
+    assert tiny_model_config(TinyBackboneConfig(), ids, 1024).vision_config.mlp_ratio == 2
