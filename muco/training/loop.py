@@ -50,8 +50,10 @@ class TrainReport:
         return self.history[-1]["loss"] if self.history else math.nan
 
 
-def batch_records(num_records: int, global_batch: int, seed: int, step: int) -> np.ndarray:
-    """The record indices of global step ``step``: epochs are seeded permutations.
+def batch_records(
+    num_records: int, global_batch: int, seed: int, step: int
+) -> tuple[int, np.ndarray]:
+    """The epoch and record indices of global step ``step``: epochs are seeded permutations.
 
     A pure function of its arguments, which is what makes resuming exact. The last partial
     batch of an epoch is dropped so every step has the same contrastive batch size.
@@ -64,7 +66,7 @@ def batch_records(num_records: int, global_batch: int, seed: int, step: int) -> 
         )
     epoch, position = divmod(step, steps_per_epoch)
     order = np.random.default_rng([seed, epoch]).permutation(num_records)
-    return order[position * global_batch : (position + 1) * global_batch]
+    return epoch, order[position * global_batch : (position + 1) * global_batch]
 
 
 def learning_rate_factor(cfg: TrainConfig) -> Callable[[int], float]:
@@ -187,8 +189,8 @@ def train(
     )
     model.train()
     for step in range(report.resumed_from, cfg.max_steps):
-        indices = batch_records(len(dataset), cfg.global_batch_size, cfg.seed, step)
-        dataset.set_epoch(step * cfg.global_batch_size // len(dataset))
+        epoch, indices = batch_records(len(dataset), cfg.global_batch_size, cfg.seed, step)
+        dataset.set_epoch(epoch)
         mine = indices[rank * per_rank : (rank + 1) * per_rank]
         samples = [dataset[int(i)] for i in mine]
         chunks = [

@@ -178,3 +178,15 @@ def test_adapter_training_with_checkpointing_runs_and_exports_merged(
     assert not any("lora" in name for name in merged)
     embedder = Embedder.from_pretrained(workspace / run / "model", **PIXELS)
     assert embedder.encode([EmbedInput(text="a large blue square")]).shape == (1, 32)
+
+
+def test_batches_cover_each_epoch_once_and_report_their_epoch() -> None:
+    from muco.training.loop import batch_records
+
+    # 10 records, batches of 4: two batches per epoch, the last 2 records of an epoch dropped.
+    steps = [batch_records(10, 4, seed=0, step=s) for s in range(4)]
+    assert [epoch for epoch, _ in steps] == [0, 0, 1, 1]
+    first_epoch = np.concatenate([steps[0][1], steps[1][1]])
+    assert len(set(first_epoch.tolist())) == 8
+    assert np.array_equal(batch_records(10, 4, seed=0, step=3)[1], steps[3][1])
+    assert not np.array_equal(steps[0][1], steps[2][1])
