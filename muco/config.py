@@ -410,8 +410,14 @@ class ScenesBenchmark(StrictModel):
     """The project's offline benchmark on held-out rendered scenes (METHODS.md §6)."""
 
     kind: Literal["scenes"] = "scenes"
-    splits: tuple[Literal["test", "test_unseen"], ...] = ("test", "test_unseen")
+    # An image pool built with images.source.kind: scenes (its held-out splits are the bench).
+    data: Path = Path("data/images")
+    splits: Annotated[tuple[Literal["test", "test_unseen"], ...], Field(min_length=1)] = (
+        "test",
+        "test_unseen",
+    )
     candidates: Annotated[int, Field(ge=2)] = 10
+    seed: NonNegativeInt = 0
 
 
 class MMEBBenchmark(StrictModel):
@@ -429,6 +435,8 @@ class MBEIRBenchmark(StrictModel):
     kind: Literal["mbeir"]
     data: Path
     pool: Literal["local", "union"] = "local"
+    # Empty means all 16 test configurations.
+    configurations: tuple[str, ...] = ()
 
 
 Benchmark = Annotated[ScenesBenchmark | MMEBBenchmark | MBEIRBenchmark, Field(discriminator="kind")]
