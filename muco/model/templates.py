@@ -13,6 +13,10 @@ from collections.abc import Sequence
 
 from muco.model.special_tokens import EMB_TOKEN, IMAGE_PLACEHOLDER, MMEB_IMAGE_PLACEHOLDER
 
+# Recorded with evaluation results and in the embedding-cache fingerprint: bump it whenever a
+# string below changes, since every embedding changes with it.
+TEMPLATE_VERSION = "muco-v1"
+
 SYSTEM_TURN = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 ASSISTANT_EMB_TURN = f"<|im_start|>assistant\n{EMB_TOKEN}<|im_end|>"
 
