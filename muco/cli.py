@@ -17,9 +17,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "backbone": ("muco.stages.backbone", "materialise the backbone (stage backbone)"),
     "synthesize": ("muco.stages.synthesize", "M3T records from the image pool (stage synthesize)"),
     "validate": ("muco.stages.validate", "the data gate before training (stage validate)"),
+    "train": ("muco.stages.train", "train the embedding model (stage train)"),
+    "evaluate": ("muco.stages.evaluate", "score a model on scenes-bench, MMEB, M-BEIR"),
     "embed": ("muco.stages.embed", "embed texts / images with a model: muco embed --model DIR"),
     "inspect": ("muco.inspection", "describe records: muco inspect records DIR"),
     "summary": ("muco.summary", "print what the pipeline has produced so far"),
+    "compare": ("muco.evaluation.compare", "two evaluation runs side by side: muco compare A B"),
 }
 
 

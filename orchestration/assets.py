@@ -8,6 +8,7 @@ Dagster and DVC agree on what was produced; its metadata comes from the stage's 
 import base64
 import csv
 import json
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,7 +34,8 @@ OWNERS = ["team:muco"]
 WORKSPACE_POOL = "dvc_workspace"
 
 MetadataBuilder = Callable[[Path, Mapping[str, Any]], dict[str, Any]]
-CheckBuilder = Callable[[Mapping[str, Any]], list[AssetCheckResult]]
+# (metrics of this run, metadata of the asset's previous materialisation or {}) -> results
+CheckBuilder = Callable[[Mapping[str, Any], Mapping[str, Any]], list[AssetCheckResult]]
 
 
 def dvc_stage_asset(
@@ -70,6 +72,7 @@ def dvc_stage_asset(
         check_specs=list(check_specs),
     )
     def _materialise(context: AssetExecutionContext, dvc: DvcResource) -> MaterializeResult:
+        previous = _previous_metadata(context) if checks else {}
         started = time.time()
         try:
             dvc.repro(stage, context.log.info)
@@ -88,10 +91,18 @@ def dvc_stage_asset(
                 "dvc_outs_md5": version or "(stage failed: not recorded in dvc.lock)",
             },
             data_version=DataVersion(version) if version else None,
-            check_results=checks(metrics) if checks else None,
+            check_results=checks(metrics, previous) if checks else None,
         )
 
     return _materialise
+
+
+def _previous_metadata(context: AssetExecutionContext) -> dict[str, Any]:
+    """Metadata values of the asset's latest materialisation, before this run records one."""
+    event = context.instance.get_latest_materialization_event(context.asset_key)
+    if event is None or event.asset_materialization is None:
+        return {}
+    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
 
 
 def _markdown_table(counts: Mapping[str, int], key: str, value: str) -> MetadataValue:
@@ -209,8 +220,11 @@ def embedding_model_metadata(root: Path, metrics: Mapping[str, Any]) -> dict[str
 GATE_CHECK = "validation_gate"
 
 
-def gate_check(metrics: Mapping[str, Any]) -> list[AssetCheckResult]:
-    """The blocking check: the same verdict and numbers as the validate stage's exit code."""
+def gate_check(metrics: Mapping[str, Any], previous: Mapping[str, Any]) -> list[AssetCheckResult]:
+    """The blocking check: the same verdict and numbers as the validate stage's exit code.
+
+    Only this run's metrics decide; ``previous`` is not consulted.
+    """
     gate = metrics["gate"]
     failures = "\n".join(f"- {f}" for f in gate["failures"]) or "all thresholds met"
     return [
@@ -224,6 +238,85 @@ def gate_check(metrics: Mapping[str, Any]) -> list[AssetCheckResult]:
                 "quarantined": MetadataValue.int(metrics["quarantined"]),
                 "reject_rate": MetadataValue.float(metrics["reject_rate"]),
                 "failures": MetadataValue.md(failures),
+            },
+        )
+    ]
+
+
+REGRESSION_CHECK = "no_regression"
+# Points (of a percentage) a headline score may drop before the check warns; the environment
+# overrides it, e.g. for noisy benchmarks.
+REGRESSION_TOLERANCE = float(os.environ.get("MUCO_REGRESSION_TOLERANCE", "0.5"))
+
+
+def headline_scores(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """``{"<benchmark>/<summary key>": value}`` for every overall and per-meta-task mean."""
+    return {
+        f"{benchmark}/{key}": float(value)
+        for benchmark, result in metrics.items()
+        if benchmark != "baseline"
+        for key, value in result["summary"].items()
+        if not key.endswith(("/chance", "datasets", "queries", "configurations"))
+    }
+
+
+def benchmark_scores_metadata(root: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Summary tables against the baseline, per-dataset scores and the report's plots."""
+    from muco.evaluation.report import summary_markdown_table
+
+    baseline = metrics.get("baseline", {})
+    meta: dict[str, Any] = {"headline": MetadataValue.json(headline_scores(metrics))}
+    for benchmark, result in metrics.items():
+        if benchmark == "baseline":
+            continue
+        reference = baseline.get(benchmark, {}).get("summary")
+        meta[f"{benchmark}_summary"] = MetadataValue.md(
+            summary_markdown_table(result["summary"], reference)
+        )
+        datasets = [f"| {name} | {value:.2f} |" for name, value in result["datasets"].items()]
+        meta[f"{benchmark}_datasets"] = MetadataValue.md(
+            "\n".join(["| dataset | score |", "|---|---:|", *datasets])
+        )
+        for chart in ("meta_tasks", "baseline"):
+            png = root / "reports" / "eval" / benchmark / f"{chart}.png"
+            if png.exists():
+                encoded = base64.b64encode(png.read_bytes()).decode()
+                meta[f"{benchmark}_{chart}_plot"] = MetadataValue.md(
+                    f"![{benchmark} {chart}](data:image/png;base64,{encoded})"
+                )
+    meta["report"] = MetadataValue.path(str(root / "reports" / "eval"))
+    return meta
+
+
+def regression_check(
+    metrics: Mapping[str, Any], previous: Mapping[str, Any]
+) -> list[AssetCheckResult]:
+    """Warn (never block) when a headline score fell against the previous materialisation."""
+    current = headline_scores(metrics)
+    before = previous.get("headline") or {}
+    drops = {
+        key: (before[key], value)
+        for key, value in current.items()
+        if key in before and value < before[key] - REGRESSION_TOLERANCE
+    }
+    if not before:
+        verdict = "no previous materialisation to compare with"
+    elif drops:
+        verdict = "\n".join(
+            f"- {key}: {old:.2f} -> {new:.2f} ({new - old:+.2f})"
+            for key, (old, new) in drops.items()
+        )
+    else:
+        verdict = f"no headline score fell by more than {REGRESSION_TOLERANCE} points"
+    return [
+        AssetCheckResult(
+            check_name=REGRESSION_CHECK,
+            passed=not drops,
+            severity=AssetCheckSeverity.WARN,
+            metadata={
+                "regressions": MetadataValue.int(len(drops)),
+                "compared": MetadataValue.int(len(set(current) & set(before))),
+                "details": MetadataValue.md(verdict),
             },
         )
     ]
@@ -309,4 +402,27 @@ embedding_model = dvc_stage_asset(
     metadata=embedding_model_metadata,
     deps=["validated_records", "backbone"],
     kinds={"pytorch", "deepspeed", "safetensors"},
+)
+
+benchmark_scores = dvc_stage_asset(
+    name="benchmark_scores",
+    stage="evaluate",
+    description=(
+        "Scores of the trained model and of the untrained backbone on the configured "
+        "benchmarks (scenes-bench, MMEB, M-BEIR): metrics/eval.json, reports/eval, and one run "
+        "per model in the DuckDB results database (muco compare)."
+    ),
+    metadata=benchmark_scores_metadata,
+    deps=["embedding_model", "backbone", "image_pool"],
+    kinds={"duckdb", "markdown"},
+    check_specs=[
+        AssetCheckSpec(
+            REGRESSION_CHECK,
+            asset="benchmark_scores",
+            blocking=False,
+            description="warns when a headline score fell against the previous materialisation",
+        )
+    ],
+    checks=regression_check,
+    metrics_file="metrics/eval.json",
 )

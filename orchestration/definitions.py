@@ -6,6 +6,7 @@ from dagster import Definitions, define_asset_job
 
 from orchestration.assets import (
     backbone,
+    benchmark_scores,
     embedding_model,
     image_pool,
     m3t_records,
@@ -18,7 +19,14 @@ pipeline_job = define_asset_job(
 )
 
 defs = Definitions(
-    assets=[image_pool, backbone, m3t_records, validated_records, embedding_model],
+    assets=[
+        image_pool,
+        backbone,
+        m3t_records,
+        validated_records,
+        embedding_model,
+        benchmark_scores,
+    ],
     jobs=[pipeline_job],
     resources={"dvc": DvcResource()},
 )

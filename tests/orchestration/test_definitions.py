@@ -25,6 +25,12 @@ def test_definitions_load_with_assets_resources_and_job() -> None:
         AssetKey("m3t_records"),
         AssetKey("validated_records"),
         AssetKey("embedding_model"),
+        AssetKey("benchmark_scores"),
+    }
+    assert graph.get(AssetKey("benchmark_scores")).parent_keys == {
+        AssetKey("embedding_model"),
+        AssetKey("backbone"),
+        AssetKey("image_pool"),
     }
     assert graph.get(AssetKey("embedding_model")).parent_keys == {
         AssetKey("validated_records"),
