@@ -8,16 +8,39 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # Metrics files in pipeline order (metrics/<name>.json).
-STAGE_ORDER = ("images", "backbone", "synthesize", "validation", "train", "evaluate")
+STAGE_ORDER = ("images", "backbone", "synthesize", "validation", "train", "eval")
 
 
 def _condense(name: str, metrics: dict) -> dict:
-    """Per-expectation details are for the report; the summary names only what failed."""
+    """Details are for the reports: the summary names failed expectations and headline scores."""
+    if name == "eval":
+        return _headline_scores(metrics)
     if name == "validation" and "expectations" in metrics:
         failed = {k: v["failed"] for k, v in metrics["expectations"].items() if v["failed"]}
         metrics = {k: v for k, v in metrics.items() if k != "expectations"}
         metrics["failed_expectations"] = failed or "none"
     return metrics
+
+
+def _headline_scores(metrics: dict) -> dict:
+    """``"<benchmark> <mean>" -> "score (baseline b, chance c)"`` for every summary mean."""
+    baselines = metrics.get("baseline", {})
+    rows = {}
+    for benchmark, result in metrics.items():
+        if benchmark == "baseline":
+            continue
+        summary = result["summary"]
+        baseline = baselines.get(benchmark, {}).get("summary", {})
+        for key, value in summary.items():
+            if key.endswith(("/chance", "datasets", "queries", "configurations")):
+                continue
+            notes = [f"baseline {baseline[key]:.1f}"] if key in baseline else []
+            if f"{key}/chance" in summary:
+                notes.append(f"chance {summary[f'{key}/chance']:.1f}")
+            rows[f"{benchmark} {key}"] = f"{value:.1f}" + (
+                f" ({', '.join(notes)})" if notes else ""
+            )
+    return rows
 
 
 def _format_value(value: object) -> str:

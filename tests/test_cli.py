@@ -21,6 +21,20 @@ def test_summary_lists_stages_in_pipeline_order(tmp_path: Path) -> None:
     assert "1,234,567" in text and "a=1" in text
 
 
+def test_summary_gives_headline_scores_beside_baseline_and_chance(tmp_path: Path) -> None:
+    summary = {"test/overall": 40.0, "test/overall/chance": 10.8, "test/datasets": 8}
+    metrics = {
+        "scenes": {"summary": summary, "datasets": {"test/Scenes-Count": 50.0}},
+        "baseline": {"scenes": {"summary": {**summary, "test/overall": 11.25}}},
+    }
+    (tmp_path / "train.json").write_text(json.dumps({"steps": 3}))
+    (tmp_path / "eval.json").write_text(json.dumps(metrics))
+    text = render_summary(tmp_path)
+    assert text.index("[train]") < text.index("[eval]")
+    assert "scenes test/overall  40.0 (baseline 11.2, chance 10.8)" in text
+    assert "Scenes-Count" not in text and "datasets" not in text
+
+
 def test_summary_without_metrics_says_what_to_do(tmp_path: Path) -> None:
     assert "make run" in render_summary(tmp_path)
 
