@@ -59,3 +59,21 @@ def atomic_directory(path: Path) -> Iterator[Path]:
         path.rename(old)
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def copy_tree_linked(source: Path, destination: Path) -> Path:
+    """Replace ``destination`` atomically with a copy of the directory ``source``.
+
+    Files are hard-linked where the filesystem allows (a 7B checkpoint then costs no space)
+    and copied otherwise. Safe with DVC, which replaces files rather than writing into them.
+    """
+    with atomic_directory(destination) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
+    return destination
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)

@@ -8,7 +8,6 @@ their models with exactly the same code (DESIGN.md rule 5).
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer, PreTrainedModel
 
 from muco.config import BackboneConfig
-from muco.io import atomic_directory
+from muco.io import atomic_directory, copy_tree_linked
 from muco.model.processor import ImageOnlyQwen2VLProcessor, build_image_processor
 
 TINY = "tiny"
@@ -89,9 +88,7 @@ def prepare_backbone(cfg: BackboneConfig, out_dir: Path) -> Path:
     if cfg.source == TINY:
         return save_tiny_backbone(cfg, out_dir)
     if Path(cfg.source).is_dir():
-        with atomic_directory(out_dir) as tmp:
-            shutil.copytree(cfg.source, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
-        return out_dir
+        return copy_tree_linked(Path(cfg.source), out_dir)
     if _looks_like_path(cfg.source):
         raise FileNotFoundError(f"backbone.source: directory not found: {cfg.source}")
     from huggingface_hub import snapshot_download
@@ -104,10 +101,3 @@ def prepare_backbone(cfg: BackboneConfig, out_dir: Path) -> Path:
 def _looks_like_path(source: str) -> bool:
     # Hub ids are `name` or `org/name`; anything absolute, relative-dotted or deeper is a path.
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or os.sep in source[:1]
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
