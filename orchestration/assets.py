@@ -26,6 +26,7 @@ from dagster import (
     asset,
 )
 
+from muco.evaluation.promotion import headline_scores
 from orchestration.dvc import REPO_ROOT, DvcError, DvcResource
 from orchestration.stages import stage_code_version
 
@@ -249,17 +250,6 @@ REGRESSION_CHECK = "no_regression"
 REGRESSION_TOLERANCE = float(os.environ.get("MUCO_REGRESSION_TOLERANCE", "0.5"))
 
 
-def headline_scores(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """``{"<benchmark>/<summary key>": value}`` for every overall and per-meta-task mean."""
-    return {
-        f"{benchmark}/{key}": float(value)
-        for benchmark, result in metrics.items()
-        if benchmark != "baseline"
-        for key, value in result["summary"].items()
-        if not key.endswith(("/chance", "datasets", "queries", "configurations"))
-    }
-
-
 def benchmark_scores_metadata(root: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
     """Summary tables against the baseline, per-dataset scores and the report's plots."""
     from muco.evaluation.report import summary_markdown_table
@@ -378,7 +368,7 @@ validated_records = dvc_stage_asset(
         "data/quarantine with the expectations they failed. The blocking check is the gate."
     ),
     metadata=validated_records_metadata,
-    deps=["m3t_records"],
+    deps=["m3t_records", "image_pool"],
     kinds={"parquet", "great_expectations"},
     check_specs=[
         AssetCheckSpec(
@@ -400,7 +390,7 @@ embedding_model = dvc_stage_asset(
         "with <|emb|>, trained with MuCo multi-turn contrastive learning on DeepSpeed."
     ),
     metadata=embedding_model_metadata,
-    deps=["validated_records", "backbone"],
+    deps=["validated_records", "backbone", "image_pool"],
     kinds={"pytorch", "deepspeed", "safetensors"},
 )
 

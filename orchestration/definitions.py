@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import Definitions, define_asset_job
+from dagster import Definitions
 
 from orchestration.assets import (
     backbone,
@@ -12,11 +12,15 @@ from orchestration.assets import (
     m3t_records,
     validated_records,
 )
-from orchestration.dvc import DvcResource
-
-pipeline_job = define_asset_job(
-    "pipeline", selection="*", description="Materialise every asset, upstream first."
+from orchestration.automation import (
+    image_source_sensor,
+    new_images_job,
+    pipeline_job,
+    retrain_job,
+    retrain_schedule,
 )
+from orchestration.champion import champion_model
+from orchestration.dvc import DvcResource
 
 defs = Definitions(
     assets=[
@@ -26,7 +30,10 @@ defs = Definitions(
         validated_records,
         embedding_model,
         benchmark_scores,
+        champion_model,
     ],
-    jobs=[pipeline_job],
+    jobs=[pipeline_job, retrain_job, new_images_job],
+    schedules=[retrain_schedule],
+    sensors=[image_source_sensor],
     resources={"dvc": DvcResource()},
 )

@@ -9,6 +9,31 @@ from typing import Any
 import yaml
 
 
+def stage_graph(repo_root: Path) -> dict[str, set[str]]:
+    """Each stage of ``dvc.yaml`` and the stages whose outputs it depends on.
+
+    A dependency on a path inside (or equal to) another stage's output counts, as DVC counts it.
+    """
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    producers = {
+        _out_path(out): name for name, spec in stages.items() for out in spec.get("outs", [])
+    }
+    graph = {}
+    for name, spec in stages.items():
+        graph[name] = {
+            producer
+            for dep in spec.get("deps", [])
+            for out, producer in producers.items()
+            if Path(dep) == Path(out) or Path(out) in Path(dep).parents
+        }
+    return graph
+
+
+def _out_path(out: str | dict[str, Any]) -> str:
+    # An out is a path, or a one-key mapping from the path to its options (cache: false ...).
+    return out if isinstance(out, str) else next(iter(out))
+
+
 def stage_spec(repo_root: Path, stage: str) -> dict[str, Any]:
     """The ``dvc.yaml`` entry of ``stage``; ``KeyError`` naming the stage when it is absent."""
     stages = yaml.safe_load((repo_root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
