@@ -22,13 +22,14 @@ PYTEST_ARGS ?=
 export MUCO_DVC := $(DVC)
 export DAGSTER_HOME := $(CURDIR)/.dagster
 
-.PHONY: help install run test test-all ui materialize lint format clean
+.PHONY: help install run test test-all test-browser ui materialize lint format clean
 
 help:
 	@echo "make run       install, reproduce the pipeline with dvc repro, print a summary"
 	@echo "make test      install dev dependencies and run the test suite (without slow tests)"
 	@echo "make test-all  the whole suite, slow end-to-end tests included"
-	@echo "make ui        start the Dagster UI on http://127.0.0.1:3000"
+	@echo "make test-browser  the Dagster UI in headless Chromium (screenshots in reports/browser/)"
+	@echo "make ui        start the Dagster UI on http://127.0.0.1:3000 (UI_PORT=...)"
 	@echo "make materialize  materialise every Dagster asset from the command line"
 	@echo "make lint      ruff check and format check"
 
@@ -66,8 +67,17 @@ test: install
 test-all: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The browser suite (also part of test-all): Playwright drives the system's Chromium
+# ($$MUCO_CHROMIUM or chromium on PATH; skipped without one) through the Dagster UI.
+test-browser: install
+	$(PY) -m pytest -m browser tests/browser $(PYTEST_ARGS)
+
+# The launcher runs `dagster dev` in its own process group and stops all of it on Ctrl-C,
+# SIGTERM or SIGHUP (dagster dev alone ignores SIGTERM when started in the background).
+UI_HOST ?= 127.0.0.1
+UI_PORT ?= 3000
 ui: install $(DAGSTER_HOME)/dagster.yaml
-	exec $(VENV)/bin/dagster dev --host 127.0.0.1 --port 3000
+	exec $(PY) -m orchestration.ui --host $(UI_HOST) --port $(UI_PORT)
 
 materialize: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster asset materialize --select '*' -m orchestration.definitions
