@@ -3,6 +3,9 @@
 DVC lives in its own tool environment (its antlr4 pin breaks Dagster's selection parser), so
 the resource finds the executable rather than importing ``dvc``: ``$MUCO_DVC``, then
 ``.venv-dvc/bin/dvc`` in the workspace or in this checkout, then ``dvc`` on ``PATH``.
+
+With ``MUCO_DVC_PUSH=1`` every successful ``dvc repro`` is followed by ``dvc push`` of the
+stage's outputs to the default DVC remote, so a materialised asset is also stored remotely.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from pydantic import Field
 from orchestration.stages import stage_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PUSH_ENV = "MUCO_DVC_PUSH"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
 
 
 class DvcError(RuntimeError):
@@ -48,6 +54,16 @@ def find_dvc(repo_root: Path) -> str:
     raise DvcError(
         "DVC not found: set MUCO_DVC, or run `make install` to create .venv-dvc, or put dvc on PATH"
     )
+
+
+def push_requested() -> bool:
+    """Whether ``$MUCO_DVC_PUSH`` asks for pushes; any value but a yes or a no is an error."""
+    value = os.environ.get(PUSH_ENV, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise DvcError(f"{PUSH_ENV}={os.environ[PUSH_ENV]!r}: expected 1/true/yes/on or 0/false/no/off")
 
 
 class DvcResource(ConfigurableResource):
@@ -95,8 +111,16 @@ class DvcResource(ConfigurableResource):
             raise DvcError(f"`{' '.join(command)}` exited with {returncode}:\n{output}")
 
     def repro(self, stage: str, log: Callable[[str], None]) -> None:
-        """``dvc repro --single-item STAGE``: run the stage if its inputs changed."""
+        """``dvc repro --single-item STAGE``: run the stage if its inputs changed.
+
+        When ``$MUCO_DVC_PUSH`` is set, ``dvc push STAGE`` follows a successful repro (also one
+        that found nothing changed: the outputs may not have reached the remote yet). A failed
+        push fails the step: the user asked for the data to be stored remotely.
+        """
+        pushes = push_requested()  # a bad value fails before the stage runs, not after
         self.run(["repro", "--single-item", stage], log)
+        if pushes:
+            self.run(["push", stage], log)
 
     def lock_entry(self, stage: str) -> dict[str, Any]:
         """The stage's entry in ``dvc.lock``; a clear error when the stage has never run."""
