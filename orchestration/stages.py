@@ -43,14 +43,19 @@ def stage_spec(repo_root: Path, stage: str) -> dict[str, Any]:
 
 
 def stage_code_version(repo_root: Path, stage: str) -> str:
-    """sha256 over the stage's command and the files of its ``deps`` (byte-code excluded).
+    """sha256 over the stage's command and the files of its code ``deps`` (byte-code excluded).
 
-    Dagster's code version then changes exactly when DVC would consider the stage's code
-    changed, and the UI can flag materialisations made by older code.
+    Dependencies that are another stage's outputs (data, models) are data, not code: their
+    content is the upstream asset's data version. So the code version changes exactly when the
+    stage's own code or command changes, and the UI flags materialisations made by older code
+    without reading gigabytes of data each time the code location loads.
     """
     spec = stage_spec(repo_root, stage)
+    produced = [Path(out) for out in _all_outs(repo_root)]
     digest = hashlib.sha256(spec["cmd"].encode())
     for dep in sorted(spec.get("deps", [])):
+        if any(Path(dep) == out or out in Path(dep).parents for out in produced):
+            continue
         path = repo_root / dep
         files = sorted(path.rglob("*")) if path.is_dir() else [path]
         for file in files:
@@ -58,3 +63,8 @@ def stage_code_version(repo_root: Path, stage: str) -> str:
                 digest.update(file.relative_to(repo_root).as_posix().encode())
                 digest.update(file.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _all_outs(repo_root: Path) -> list[str]:
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    return [_out_path(out) for spec in stages.values() for out in spec.get("outs", [])]

@@ -68,7 +68,6 @@ def test_every_asset_but_the_champion_names_a_dvc_stage() -> None:
             assert node.tags["dvc_stage"] in stages
 
 
-
 def test_image_pool_materialises_through_dvc(dvc_workspace: Path) -> None:
     resource = DvcResource(repo_root=str(dvc_workspace))
     with DagsterInstance.ephemeral() as instance:
@@ -215,3 +214,21 @@ def test_whole_graph_materialises_through_dvc(dvc_workspace: Path) -> None:
         assert event.metadata["steps"].value == 2
         assert "data:image/png" in event.metadata["loss_curve"].value
         assert (dvc_workspace / "models" / "muco" / "model.safetensors").exists()
+
+
+def test_code_versions_follow_code_not_upstream_data(tmp_path: Path) -> None:
+    stages = {
+        "make": {"cmd": "python make.py", "deps": ["make.py"], "outs": ["data/made"]},
+        "use": {"cmd": "python use.py", "deps": ["data/made/part.txt", "use.py"], "outs": ["u"]},
+    }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    (tmp_path / "data" / "made").mkdir(parents=True)
+    (tmp_path / "data" / "made" / "part.txt").write_text("first data")
+    (tmp_path / "make.py").write_text("print(1)")
+    (tmp_path / "use.py").write_text("print(2)")
+    before = stage_code_version(tmp_path, "use")
+    (tmp_path / "data" / "made" / "part.txt").write_text("new data")
+    assert stage_code_version(tmp_path, "use") == before
+    (tmp_path / "use.py").write_text("print(3)")
+    assert stage_code_version(tmp_path, "use") != before
+    assert stage_graph(tmp_path) == {"make": set(), "use": {"make"}}
