@@ -14,7 +14,8 @@ from muco_scratch import make_workspace, run_dvc
 from orchestration.assets import image_pool
 from orchestration.dvc import PUSH_ENV, DvcError, DvcResource
 
-STAGE_METRICS = ("images", "backbone", "synthesize", "validation", "train")
+STAGE_METRICS = ("images", "backbone", "synthesize", "validation", "train", "eval")
+STAGES = ("images", "backbone", "synthesize", "validate", "train", "evaluate")
 
 
 def _object(store: Path, md5: str) -> Path:
@@ -97,9 +98,13 @@ def test_whole_pipeline_metrics_plots_and_a_training_experiment(tmp_path: Path) 
     page = (out / "index.html").read_text()
     assert "metrics/train_log.csv" in page and '"loss"' in page
 
-    # Everything upstream is up to date, so the experiment re-runs training alone.
-    log = run_dvc(workspace, "exp", "run", "--set-param", "train.max_steps=3", "train").stdout
-    assert "Running stage 'train'" in log and "Running stage 'synthesize'" not in log, log
+    # A second repro has nothing to do.
+    assert "Data and pipelines are up to date" in run_dvc(workspace, "repro").stdout
+
+    # One training parameter changed: training and evaluation run again, nothing upstream.
+    log = run_dvc(workspace, "exp", "run", "--set-param", "train.max_steps=3").stdout
+    ran = {stage for stage in STAGES if f"Running stage '{stage}'" in log}
+    assert ran == {"train", "evaluate"}, log
     (run,) = _experiments(workspace)
     assert _params(run)["train"]["max_steps"] == 3
     assert run["metrics"]["metrics/train.json"]["data"]["steps"] == 3
