@@ -36,3 +36,16 @@ MASK_TOKEN = "<|mask|>"
 # How an image appears inline in a prompt; MMEB text uses `<|image_1|>` as its placeholder.
 IMAGE_PLACEHOLDER = f"{VISION_START}{IMAGE_PAD}{VISION_END}"
 MMEB_IMAGE_PLACEHOLDER = "<|image_1|>"
+
+# CoMa's compression tokens (METHODS.md §4): n distinct learnable tokens `<|comp_0|>` ...
+# `<|comp_{n-1}|>`, added to the tokenizer when a CoMa stage needs them. Distinct rows rather
+# than one repeated token, so that the n slots differ from the first layer on, as learnable
+# query tokens do; a repeated token would start n identical inputs that only RoPE tells apart.
+COMP_TOKEN_FORMAT = "<|comp_{}|>"
+
+
+def compression_tokens(n: int) -> list[str]:
+    """The token strings of ``n`` compression slots, in order."""
+    if n < 1:
+        raise ValueError(f"need at least one compression token, got {n}")
+    return [COMP_TOKEN_FORMAT.format(i) for i in range(n)]

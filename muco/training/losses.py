@@ -1,4 +1,4 @@
-"""Contrastive losses of MuCo (METHODS.md §1), as pure functions of embeddings.
+"""Losses of MuCo (METHODS.md §1) and its peers UniME, CoMa, CoCoA (§3-5), as pure functions.
 
 All embeddings are L2-normalised ``(N, D)`` rows; similarities are dot products divided by a fixed
 temperature (τ = 0.02 in MuCo). Logit masks are boolean with True meaning "not a negative":
@@ -180,6 +180,7 @@ def muco_stage2_loss(
     t_aux: Tensor,
     hard_negatives: Tensor,
     temperature: float = MUCO_TEMPERATURE,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """MuCo stage-2 loss with guided in-context reconstruction (METHODS.md §1).
 
@@ -194,6 +195,8 @@ def muco_stage2_loss(
         hard_negatives: ``(M, D)`` L2-normalised, one per sample (``M = N``) in MuCo, embedded
             with the single-turn template.
         temperature: τ, fixed at 0.02 in MuCo.
+        mask: optional ``(N, N + M)`` bool, True removes a candidate from a query's softmax in
+            all four terms (siblings from the same image, duplicate texts); not the positive.
 
     Returns:
         Scalar, the sum of the four mean cross-entropies.
@@ -202,8 +205,178 @@ def muco_stage2_loss(
         raise ValueError("q, q_aux, t and t_aux must have the same number of rows")
     positives = torch.arange(q.shape[0], device=q.device)
     terms = [
-        info_nce(query, torch.cat([target, hard_negatives]), positives, temperature)
+        info_nce(query, torch.cat([target, hard_negatives]), positives, temperature, mask)
         for query in (q, q_aux)
         for target in (t, t_aux)
     ]
     return torch.stack(terms).sum()
+
+
+# --------------------------------------------------------------------------- UniME (§3)
+
+UNIME_TEMPERATURE = 0.02
+UNIME_MARGIN = 0.1
+UNIME_HARD_NEGATIVES = 8
+
+
+def _similarities(queries: Tensor, targets: Tensor) -> Tensor:
+    dtype = torch.promote_types(queries.dtype, torch.float32)
+    return queries.to(dtype) @ targets.to(dtype).T
+
+
+def distillation_loss(
+    student_queries: Tensor,
+    student_targets: Tensor,
+    teacher_queries: Tensor,
+    teacher_targets: Tensor,
+    student_temperature: float,
+    teacher_temperature: float,
+) -> Tensor:
+    """UniME stage 1: KL(teacher ‖ student) of row-wise softmaxes of in-batch similarities.
+
+    METHODS.md §3: a text-embedding teacher embeds the same text pairs; for each anchor ``i``
+    both models give a distribution over the batch's positives ``j``,
+    ``P_i = softmax_j(sim(q_i, t_j) / τ)``, and the loss is ``mean_i KL(P_teacher,i ‖ P_student,i)``
+    (``F.kl_div`` with ``reduction="batchmean"``). The teacher side is a constant.
+
+    Args:
+        student_queries, student_targets: ``(N, D_s)`` L2-normalised student embeddings, row
+            ``i`` of both from pair ``i``.
+        teacher_queries, teacher_targets: ``(N, D_t)`` L2-normalised teacher embeddings of
+            the same texts, same order (``D_t`` may differ from ``D_s``).
+        student_temperature, teacher_temperature: τ of each side's softmax.
+
+    Returns:
+        Scalar, the mean over anchors of the KL divergence (nats).
+    """
+    if not (
+        student_queries.shape[0]
+        == student_targets.shape[0]
+        == teacher_queries.shape[0]
+        == teacher_targets.shape[0]
+    ):
+        raise ValueError("student and teacher embeddings must have the same number of rows")
+    student = _similarities(student_queries, student_targets) / student_temperature
+    with torch.no_grad():
+        teacher = _similarities(teacher_queries, teacher_targets) / teacher_temperature
+    teacher = teacher.to(student.dtype)
+    log_student = F.log_softmax(student, dim=1)
+    log_teacher = F.log_softmax(teacher, dim=1)
+    return (log_teacher.exp() * (log_teacher - log_student)).sum(dim=1).mean()
+
+
+def select_hard_negatives(
+    similarities: Tensor,
+    positive_index: Tensor,
+    margin: float = UNIME_MARGIN,
+    k: int = UNIME_HARD_NEGATIVES,
+    mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """UniME stage 2's candidate selection: false-negative filter, then the k hardest.
+
+    METHODS.md §3: a candidate ``j`` (not the positive, not masked) is a *false negative* and
+    dropped when ``s_ij > s_i,pos + margin``; of the remaining ones the ``k`` most similar are
+    kept. When fewer than ``k`` remain, all of them are used; a dropped candidate is never
+    re-admitted to fill the ``k`` slots. With every candidate dropped, a row has no negative.
+    Ties are broken by column order (the lower index first).
+
+    Args:
+        similarities: ``(N, M)`` query-candidate similarities (cosines, before τ).
+        positive_index: ``(N,)`` long, each query's positive column.
+        margin: α, 0.1 in UniME.
+        k: how many hard negatives per query, 8 in UniME.
+        mask: optional ``(N, M)`` bool, True = never a candidate (e.g. the same image).
+
+    Returns:
+        ``(indices, valid)``: ``(N, k)`` long columns, hardest first, and ``(N, k)`` bool; an
+        invalid slot (fewer than ``k`` left) holds index 0 and must be ignored.
+    """
+    n, m = similarities.shape
+    if positive_index.shape != (n,):
+        raise ValueError(f"positive_index has shape {tuple(positive_index.shape)}, expected ({n},)")
+    if k < 1:
+        raise ValueError(f"k must be positive, got {k}")
+    with torch.no_grad():
+        scores = similarities.detach().clone()
+        rows = torch.arange(n, device=scores.device)
+        positive = scores[rows, positive_index]
+        excluded = scores > positive[:, None] + margin
+        excluded[rows, positive_index] = True
+        if mask is not None:
+            excluded |= mask.to(excluded.device)
+        scores = scores.masked_fill(excluded, float("-inf"))
+        # A stable descending sort: equal similarities keep column order.
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : min(k, m)]
+        valid = torch.isfinite(scores.gather(1, order))
+        if order.shape[1] < k:
+            pad = k - order.shape[1]
+            order = F.pad(order, (0, pad), value=0)
+            valid = F.pad(valid, (0, pad), value=False)
+        order = order.masked_fill(~valid, 0)
+    return order, valid
+
+
+def hard_negative_loss(
+    queries: Tensor,
+    targets: Tensor,
+    positive_index: Tensor,
+    temperature: float = UNIME_TEMPERATURE,
+    margin: float = UNIME_MARGIN,
+    k: int = UNIME_HARD_NEGATIVES,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """UniME stage 2: cross-entropy over [positive, k hard negatives] (METHODS.md §3).
+
+    The negatives come from :func:`select_hard_negatives` on the in-batch similarities
+    (gathered over ranks by the caller); the selection is discrete and carries no gradient,
+    the selected logits do. A row left with fewer than ``k`` negatives uses what remains; a
+    row with none (all filtered) has the single logit of its positive, so its cross-entropy
+    is exactly 0 with zero gradient: it still counts in the mean over queries.
+
+    Args:
+        queries: ``(N, D)`` L2-normalised.
+        targets: ``(M, D)`` L2-normalised candidates (the global batch's targets).
+        positive_index: ``(N,)`` long.
+        temperature: τ, 0.02 in UniME.
+        margin, k: see :func:`select_hard_negatives`.
+        mask: optional ``(N, M)`` bool, True = never a negative.
+
+    Returns:
+        Scalar, the mean over queries.
+    """
+    similarities = _similarities(queries, targets)
+    indices, valid = select_hard_negatives(similarities, positive_index, margin, k, mask)
+    rows = torch.arange(queries.shape[0], device=similarities.device)
+    positive = similarities[rows, positive_index][:, None]
+    negatives = similarities.gather(1, indices).masked_fill(~valid, float("-inf"))
+    logits = torch.cat([positive, negatives], dim=1) / temperature
+    labels = torch.zeros(queries.shape[0], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits, labels)
+
+
+# --------------------------------------------------------------------------- next-token (§4, §5)
+
+
+def next_token_targets(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Where a next-token loss applies: position ``p`` predicts the label at ``p + 1``.
+
+    Args:
+        labels: ``(B, L)`` long, the token to predict at each position or −100 for none.
+
+    Returns:
+        ``(positions, targets)``: ``(B, L)`` bool, True at the positions whose *next* token is
+        labelled (the last position never is), and the ``(T,)`` long targets in row-major order.
+    """
+    positions = torch.zeros_like(labels, dtype=torch.bool)
+    positions[:, :-1] = labels[:, 1:] != -100
+    return positions, labels[:, 1:][labels[:, 1:] != -100]
+
+
+def next_token_loss_sum(logits: Tensor, targets: Tensor) -> Tensor:
+    """Summed next-token cross-entropy (nats) of ``(T, V)`` logits against ``(T,)`` targets.
+
+    A sum, not a mean: the caller divides by the token count of the whole step, so micro-
+    batches of different sizes weigh their tokens equally (CoMa and CoCoA stage 1).
+    """
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    return F.cross_entropy(logits.to(dtype), targets, reduction="sum")
