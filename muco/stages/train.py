@@ -125,12 +125,12 @@ def _run(args: argparse.Namespace) -> int:
     atomic_write_json(
         args.metrics,
         {
-            "steps": params.train.max_steps,
+            "steps": params.train.total_steps,
             "final_loss": round(report.final_loss, 6),
             "first_loss": round(report.history[0]["loss"], 6) if report.history else None,
             "trainable_parameters": report.trainable_parameters,
             "total_parameters": report.total_parameters,
-            "stages": list(params.train.stages),
+            "stages": params.train.methods,
         },
     )
     atomic_write_json(

@@ -80,23 +80,11 @@ class Collator:
         )
 
     def _encode(self, samples: Sequence[PackedSample], side: str) -> BatchFeature:
-        texts = [getattr(s, f"{side}_text") for s in samples]
-        # The processor pairs a flat image list with the `<|image_pad|>` occurrences in batch
-        # order, so a sample without an image simply contributes none.
-        images = [
-            _load_image(path, s.image_id)
-            for s in samples
-            if (path := getattr(s, f"{side}_image")) is not None
-        ]
-        if self.always_run_vision and not images:
-            # Under ZeRO-3 every rank must run the vision tower at the same point of the forward
-            # pass (its parameters are gathered collectively). A text-only micro-batch gets one
-            # extra row with a blank image and no <|emb|>: it drives the tower and, having no
-            # embedding position, adds nothing to the loss.
-            texts = [*texts, VISION_KEEPALIVE_TEXT]
-            images = [Image.new("RGB", (VISION_KEEPALIVE_SIDE, VISION_KEEPALIVE_SIDE))]
-        features = self.processor(
-            text=texts, images=images or None, padding=True, return_tensors="pt"
+        features = process_texts(
+            self.processor,
+            [getattr(s, f"{side}_text") for s in samples],
+            [(getattr(s, f"{side}_image"), s.image_id) for s in samples],
+            always_run_vision=self.always_run_vision,
         )
         if self.max_length is not None:
             lengths = features["attention_mask"].sum(dim=1).tolist()
@@ -108,6 +96,34 @@ class Collator:
                         "<|emb|> tokens"
                     )
         return features
+
+
+def process_texts(
+    processor: ProcessorMixin,
+    texts: Sequence[str],
+    images: Sequence[tuple[Path | None, str]],
+    *,
+    always_run_vision: bool = False,
+) -> BatchFeature:
+    """Run the processor on ``texts`` with each one's image (``(path or None, image id)``).
+
+    Returns ``input_ids`` and ``attention_mask`` (n, L), plus ``pixel_values``,
+    ``image_grid_thw`` and ``mm_token_type_ids`` when an image is present. With
+    ``always_run_vision`` a text-only batch gets one extra row (module constant
+    :data:`VISION_KEEPALIVE_TEXT`) with a blank image and no ``<|emb|>``.
+    """
+    texts = list(texts)
+    # The processor pairs a flat image list with the `<|image_pad|>` occurrences in batch
+    # order, so a text without an image simply contributes none.
+    loaded = [_load_image(path, image_id) for path, image_id in images if path is not None]
+    if always_run_vision and not loaded:
+        # Under ZeRO-3 every rank must run the vision tower at the same point of the forward
+        # pass (its parameters are gathered collectively). A text-only micro-batch gets one
+        # extra row with a blank image and no <|emb|>: it drives the tower and, having no
+        # embedding position, adds nothing to the loss.
+        texts = [*texts, VISION_KEEPALIVE_TEXT]
+        loaded = [Image.new("RGB", (VISION_KEEPALIVE_SIDE, VISION_KEEPALIVE_SIDE))]
+    return processor(text=texts, images=loaded or None, padding=True, return_tensors="pt")
 
 
 def count_tokens(batch: CollatedBatch) -> int:

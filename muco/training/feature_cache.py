@@ -109,19 +109,42 @@ def cached_backward(
     and then targets, in order: each chunk's CPU and CUDA RNG state is saved before its no-grad
     pass and restored for its re-run, so dropout draws identical masks. On return the RNG
     continues from where the no-grad pass left it. Gradients accumulate into ``.grad``; the
-    caller zeroes them.
+    caller zeroes them. :func:`cached_backward_sides` is the same for any number of sides.
     """
-    query_embeddings, query_states = _encode_without_graph(encode_query, query_chunks)
-    target_embeddings, target_states = _encode_without_graph(encode_target, target_chunks)
-
-    queries = torch.cat(query_embeddings).requires_grad_()
-    targets = torch.cat(target_embeddings).requires_grad_()
-    loss = loss_fn(queries, targets)
-    # Rows that do not reach the loss get a zero gradient rather than None.
-    query_grad, target_grad = torch.autograd.grad(
-        loss, (queries, targets), allow_unused=True, materialize_grads=True
+    return cached_backward_sides(
+        (encode_query, encode_target), (query_chunks, target_chunks), loss_fn, backward
     )
 
-    _reencode_with_graph(encode_query, query_chunks, query_states, query_grad, backward)
-    _reencode_with_graph(encode_target, target_chunks, target_states, target_grad, backward)
+
+def cached_backward_sides(
+    encoders: Sequence[Callable[[Chunk], Tensor]],
+    chunk_lists: Sequence[Sequence[Chunk]],
+    loss_fn: Callable[..., Tensor],
+    backward: Callable[[Tensor], None] = Tensor.backward,
+) -> Tensor:
+    """:func:`cached_backward` over any number of sides (MuCo stage 2 has three: queries,
+    targets and hard negatives).
+
+    Args:
+        encoders: one per side, mapping a chunk to its embeddings ``(n_c, D)``.
+        chunk_lists: one per side, that side's micro-batches (sides may differ in count).
+        loss_fn: ``(N_1, D), ..., (N_s, D) -> scalar``, the sides' concatenated embeddings in
+            side order.
+        backward: as in :func:`cached_backward`.
+
+    Returns:
+        The loss, detached. Sides are encoded in order, each chunk in order, in both passes.
+    """
+    if len(encoders) != len(chunk_lists):
+        raise ValueError(f"{len(encoders)} encoders but {len(chunk_lists)} chunk lists")
+    passes = [
+        _encode_without_graph(encode, chunks)
+        for encode, chunks in zip(encoders, chunk_lists, strict=True)
+    ]
+    leaves = [torch.cat(embeddings).requires_grad_() for embeddings, _ in passes]
+    loss = loss_fn(*leaves)
+    # Rows that do not reach the loss get a zero gradient rather than None.
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+    for encode, chunks, (_, states), grad in zip(encoders, chunk_lists, passes, grads, strict=True):
+        _reencode_with_graph(encode, chunks, states, grad, backward)
     return loss.detach()

@@ -15,6 +15,7 @@ hands to DeepSpeed. :mod:`muco.training.export` folds the adapters back in for r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from peft import LoraConfig, inject_adapter_in_model
@@ -34,7 +35,10 @@ class TrainableSummary:
 
 
 def prepare_for_training(
-    embedder: Embedder, cfg: FinetuneConfig, gradient_checkpointing: bool
+    embedder: Embedder,
+    cfg: FinetuneConfig,
+    gradient_checkpointing: bool,
+    extra_token_ids: Sequence[int] = (),
 ) -> TrainableSummary:
     """Set up ``embedder.backbone.model`` in place for training and put it in train mode.
 
@@ -51,6 +55,9 @@ def prepare_for_training(
       sees those two rows (no gradient hook, no masked (V, D) gradient or optimizer state), and
       weight decay, if any, pulls their values toward zero, not toward their initial values.
 
+    ``extra_token_ids`` are more rows that train like ``<|emb|>`` / ``<|mask|>`` under adapters
+    (a method's own tokens, e.g. CoMa's compression tokens).
+
     In every mode the vision tower is frozen when ``cfg.freeze_vision``; with adapters and
     ``freeze_vision`` false it trains fully (peft would otherwise freeze it with the base model).
     ``gradient_checkpointing`` recomputes the activations of the language model's layers (and the
@@ -61,6 +68,7 @@ def prepare_for_training(
         model.requires_grad_(True)
     else:
         rows = trainable_token_ids(embedder.backbone.processor.tokenizer)
+        rows += [row for row in extra_token_ids if row not in rows]
         inject_adapter_in_model(_lora_config(model, cfg, rows), model)
     vision = model.model.visual
     vision.requires_grad_(not cfg.freeze_vision)

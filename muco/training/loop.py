@@ -1,9 +1,13 @@
-"""The training loop on the DeepSpeed engine (METHODS.md §1).
+"""The training loop on the DeepSpeed engine (METHODS.md §1, §3-5).
 
-One optimizer step per global batch: every rank packs its share of the batch's records, encodes
-them in micro-batches with feature caching, and the loss sees every rank's embeddings (gathered
-with gradient). Batches are a pure function of (seed, step), and checkpoints carry every RNG
-state, so a run resumed from any checkpoint continues exactly as an uninterrupted run would.
+One optimizer step per global batch: every rank builds its share of the batch's items, encodes
+them in micro-batches (with feature caching for the contrastive objectives), and the loss sees
+every rank's embeddings (gathered with gradient). ``train.stages`` run in order through this one
+loop: one engine, one optimizer, one global step count; stage ``i`` owns the global steps
+``[start_i, start_i + steps_i)`` and its own objective (:mod:`muco.training.objectives`), batch
+size and learning rate. Batches are a pure function of (seed, stage, step), and checkpoints carry
+every RNG state, so a run resumed from any checkpoint, in any stage, continues exactly as an
+uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -18,16 +22,25 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from muco.config import BackboneConfig, TrainConfig
+from muco.config import BackboneConfig, StagePlan, TrainConfig
 from muco.model.embedder import Embedder
-from muco.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
-from muco.training.collate import CollatedBatch, Collator, count_tokens
-from muco.training.distributed import gather_with_grad
+from muco.training.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from muco.training.engine import deepspeed_config, init_distributed, records_per_rank
-from muco.training.feature_cache import cached_backward
 from muco.training.finetune import prepare_for_training
-from muco.training.losses import duplicate_text_mask, muco_loss
-from muco.training.packing import PackedDataset
+from muco.training.forward import (
+    backbone_hidden,
+    mean_embeddings,
+    next_token_nll_sum,
+    token_embeddings,
+)
+from muco.training.objectives.base import Objective
+from muco.training.objectives.registry import build_objective, stage_tokens
+from muco.training.vocab import ensure_tokens
 
 LogFn = Callable[[dict], None]
 
@@ -70,25 +83,48 @@ def batch_records(
 
 
 def learning_rate_factor(cfg: TrainConfig) -> Callable[[int], float]:
-    """Linear warmup over ``warmup_steps``, then constant or cosine decay to zero."""
+    """The multiplier of ``cfg.lr`` at each global step, stage by stage.
+
+    Within a stage: linear warmup over its ``warmup_steps``, then constant or cosine decay to
+    zero at its end, scaled by the stage's ``lr / cfg.lr``. With one stage that keeps the
+    ``train`` values this is exactly the single-schedule factor it always was.
+    """
+    plans = cfg.plan()
 
     def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        plan = plan_at(plans, step)
+        local = step - plan.start
+        if local < plan.warmup_steps:
+            value = (local + 1) / plan.warmup_steps
+        elif cfg.schedule == "constant":
+            value = 1.0
+        else:
+            progress = (local - plan.warmup_steps) / max(1, plan.steps - plan.warmup_steps)
+            value = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return value if plan.lr == cfg.lr else value * plan.lr / cfg.lr
 
     return factor
 
 
+def plan_at(plans: Sequence[StagePlan], step: int) -> StagePlan:
+    """The stage that global step ``step`` belongs to (the last one past the end)."""
+    for plan in plans:
+        if step < plan.end:
+            return plan
+    return plans[-1]
+
+
 class EmbeddingModule(torch.nn.Module):
-    """The module DeepSpeed wraps: the backbone, with a forward that returns embeddings.
+    """The module DeepSpeed wraps: the backbone, with a forward that returns what a method reads.
 
     Every forward must go through ``engine(...)``: the engine's prologue runs ZeRO bookkeeping
     (stage 3 switches gradient partitions from copy to accumulate there) and bf16 autocast.
-    Wrapping the backbone's own forward would also compute LM logits that MuCo never uses.
+    Wrapping the backbone's own forward would also compute LM logits for every position.
+
+    ``head`` picks the readout: ``"emb"`` (the hidden state at each ``<|emb|>``, MuCo's and
+    CoCoA's embedding), ``"mean"`` (per row, the mean over ``pool_positions``: CoMa), ``"nll"``
+    (the summed next-token loss of ``labels``: CoMa and CoCoA stage 1). ``attention_4d``, a
+    ``(B, L, L)`` bool mask, replaces causal attention (:mod:`muco.training.forward`).
     """
 
     def __init__(self, embedder: Embedder) -> None:
@@ -96,35 +132,24 @@ class EmbeddingModule(torch.nn.Module):
         self.backbone = embedder.backbone.model
         self.embedder = embedder  # not a Module: holds the processor and the <|emb|> id
 
-    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
-        """``(N_emb, D)`` L2-normalised embeddings of a processed batch."""
-        return self.embedder.forward_embeddings(batch)
-
-
-def _gather_strings(values: Sequence[str]) -> list[str]:
-    world = torch.distributed.get_world_size()
-    if world == 1:
-        return list(values)
-    gathered: list[list[str] | None] = [None] * world
-    torch.distributed.all_gather_object(gathered, list(values))
-    return [value for part in gathered for value in (part or [])]
-
-
-def _loss_fn(cfg: TrainConfig, chunks: Sequence[CollatedBatch]) -> Callable:
-    query_ids = _gather_strings([i for c in chunks for i in c.query_image_ids])
-    target_ids = _gather_strings([i for c in chunks for i in c.target_image_ids])
-    texts = _gather_strings([t for c in chunks for t in c.target_texts])
-
-    def loss(query: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        query, target = gather_with_grad(query), gather_with_grad(target)
-        extra = None
-        if cfg.mask_duplicate_targets:
-            extra = duplicate_text_mask(texts, torch.arange(len(texts)))
-        return muco_loss(
-            query, target, query_ids, target_ids, cfg.temperature, cfg.symmetric, extra
-        )
-
-    return loss
+    def forward(self, head: str = "emb", **batch: torch.Tensor) -> torch.Tensor:
+        """``(N_emb, D)`` / ``(B', D)`` L2-normalised embeddings, or a scalar NLL sum."""
+        device = next(self.backbone.parameters()).device
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        attention = batch.pop("attention_4d", None)
+        pool = batch.pop("pool_positions", None)
+        labels = batch.pop("labels", None)
+        if head == "emb" and attention is None:
+            return self.embedder.forward_embeddings(batch)
+        hidden = backbone_hidden(self.backbone, batch, attention)
+        if head == "emb":
+            return token_embeddings(hidden, self.embedder.embed_positions(batch["input_ids"]))
+        if head == "mean":
+            rows = pool.any(dim=1)  # a keep-alive row (ZeRO-3) has no position: no embedding
+            return mean_embeddings(hidden[rows], pool[rows])
+        if head == "nll":
+            return next_token_nll_sum(self.backbone, hidden, labels)
+        raise ValueError(f"unknown head {head!r}")
 
 
 def train(
@@ -148,7 +173,10 @@ def train(
     import deepspeed
 
     rank, world = init_distributed()
-    per_rank = records_per_rank(cfg, world)
+    records_per_rank(cfg, world)  # the DeepSpeed config's batch must divide, with a clear error
+    plans = cfg.plan()
+    for plan in plans:
+        _per_rank(plan, world)
     torch.manual_seed(cfg.seed + rank)  # dropout streams differ per rank, reproducibly
     embedder = Embedder.from_pretrained(
         backbone_dir,
@@ -156,7 +184,12 @@ def train(
         max_pixels=backbone_cfg.max_pixels,
         attn_implementation=backbone_cfg.attn_implementation,
     )
-    summary = prepare_for_training(embedder, cfg.finetune, cfg.gradient_checkpointing)
+    # A method's own tokens (CoMa's compression tokens) exist before the engine owns the table.
+    extra_tokens = stage_tokens(cfg)
+    extra_ids = ensure_tokens(embedder.backbone, extra_tokens) if extra_tokens else []
+    summary = prepare_for_training(
+        embedder, cfg.finetune, cfg.gradient_checkpointing, extra_token_ids=extra_ids
+    )
     model = embedder.backbone.model
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -168,51 +201,67 @@ def train(
         lr_scheduler=scheduler,
         config=deepspeed_config(cfg, world),
     )
-    mode = "single_turn" if cfg.stages == ("single_turn",) else "multi_turn"
-    dataset = PackedDataset(records, image_root, mode=mode, turns=cfg.turns, seed=cfg.seed)
-    collator = Collator(
-        embedder.backbone.processor, always_run_vision=cfg.deepspeed.zero_stage == 3
-    )
+    zero3 = cfg.deepspeed.zero_stage == 3
+
+    def build(plan: StagePlan) -> Objective:
+        # Building may draw random numbers (a teacher model's init, on rank 0 only); it must
+        # not move any generator, or a resumed run would drift from an uninterrupted one.
+        nonlocal building
+        state = capture_rng()
+        began = time.perf_counter()
+        try:
+            return build_objective(
+                plan, cfg, embedder.backbone.processor, records, image_root, zero3
+            )
+        finally:
+            restore_rng(state)
+            building += time.perf_counter() - began
+
+    building = 0.0  # seconds spent building objectives: not training throughput
+
     report = TrainReport(trainable_parameters=summary.trainable, total_parameters=summary.total)
     state = load_checkpoint(engine, checkpoint_dir, rank)
     if state is not None:
         restore_rng(state.rng)
         report.resumed_from = state.step
+    total = cfg.total_steps
     started = time.perf_counter()
     board = _tensorboard(tensorboard_dir) if rank == 0 else None
     bar = tqdm(
-        total=cfg.max_steps,
+        total=total,
         initial=report.resumed_from,
         desc="train",
         unit="step",
         disable=rank != 0 or not progress,
     )
     model.train()
-    for step in range(report.resumed_from, cfg.max_steps):
-        epoch, indices = batch_records(len(dataset), cfg.global_batch_size, cfg.seed, step)
-        dataset.set_epoch(epoch)
-        mine = indices[rank * per_rank : (rank + 1) * per_rank]
-        samples = [dataset[int(i)] for i in mine]
-        chunks = [
-            collator(samples[start : start + cfg.micro_batch_size])
-            for start in range(0, per_rank, cfg.micro_batch_size)
-        ]
-        loss = cached_backward(
-            lambda chunk: engine(**chunk.query),
-            lambda chunk: engine(**chunk.target),
-            chunks,
-            chunks,
-            _loss_fn(cfg, chunks),
-            backward=_engine_backward(engine, calls=2 * len(chunks)),
+    objective: Objective | None = None
+    for step in range(report.resumed_from, total):
+        plan = plan_at(plans, step)
+        if objective is None or objective.plan.index != plan.index:
+            objective = None  # free the previous stage's data (and teacher vectors) first
+            objective = build(plan)
+        per_rank = _per_rank(plan, world)
+        epoch, indices = batch_records(
+            len(objective), plan.global_batch_size, cfg.seed, step - plan.start
         )
+        objective.set_epoch(epoch)
+        mine = indices[rank * per_rank : (rank + 1) * per_rank]
+        samples = [objective[int(i)] for i in mine]
+        chunks = [
+            objective.collate(samples[start : start + plan.micro_batch_size])
+            for start in range(0, per_rank, plan.micro_batch_size)
+        ]
+        loss = objective.step(engine, chunks)
         engine.step()
         bar.update()
         bar.set_postfix(loss=f"{float(loss):.4f}")
         report.steps += 1
-        report.pairs += sum(c.pairs for c in chunks) * world
-        report.tokens += sum(count_tokens(c) for c in chunks) * world
-        if (step + 1) % cfg.log_every_steps == 0 or step + 1 == cfg.max_steps:
-            elapsed = time.perf_counter() - started
+        report.pairs += sum(objective.pairs(c) for c in chunks) * world
+        report.tokens += sum(objective.tokens(c) for c in chunks) * world
+        last_of_stage = step + 1 == plan.end
+        if (step + 1) % cfg.log_every_steps == 0 or last_of_stage:
+            elapsed = time.perf_counter() - started - building
             entry = {
                 "step": step + 1,
                 "loss": float(loss),
@@ -220,22 +269,41 @@ def train(
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0),
                 "pairs_per_s": report.pairs / elapsed,
                 "tokens_per_s": report.tokens / elapsed,
+                "stage": plan.index,
+                "method": plan.method,
             }
             report.history.append(entry)
             if log is not None and rank == 0:
                 log(entry)
             if board is not None:
                 for name, value in entry.items():
-                    if name != "step":
+                    if name not in ("step", "stage", "method"):
                         board.add_scalar(f"train/{name}", value, entry["step"])
-        if (step + 1) % cfg.checkpoint.every_steps == 0 or step + 1 == cfg.max_steps:
+        if (step + 1) % cfg.checkpoint.every_steps == 0 or last_of_stage:
             save_checkpoint(engine, checkpoint_dir, step + 1, cfg.checkpoint.keep_last, rank)
-    report.seconds = time.perf_counter() - started
+    report.seconds = time.perf_counter() - started - building
     bar.close()
     if board is not None:
         board.close()
     model.eval()
     return embedder, report
+
+
+def _per_rank(plan: StagePlan, world: int) -> int:
+    """Items each rank takes per step in ``plan``; a clear error when the batch does not divide."""
+    where = f"train.stages[{plan.index}] ({plan.method})"
+    if plan.global_batch_size % world:
+        raise ValueError(
+            f"{where}: global_batch_size ({plan.global_batch_size}) must be divisible by the "
+            f"number of processes ({world})"
+        )
+    per_rank = plan.global_batch_size // world
+    if per_rank % plan.micro_batch_size:
+        raise ValueError(
+            f"{where}: global_batch_size / processes ({per_rank}) must be a multiple of "
+            f"micro_batch_size ({plan.micro_batch_size})"
+        )
+    return per_rank
 
 
 def _tensorboard(directory: Path | None) -> object | None:
@@ -244,20 +312,3 @@ def _tensorboard(directory: Path | None) -> object | None:
     from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
     return SummaryWriter(log_dir=str(directory))
-
-
-def _engine_backward(engine: object, calls: int) -> Callable[[torch.Tensor], None]:
-    """Backward through DeepSpeed for each cached chunk; only the last one is the boundary.
-
-    The chunk surrogates already carry the exact gradient of the whole-batch loss, so DeepSpeed
-    must not divide them by its accumulation count (``scale_wrt_gas=False``).
-    """
-    done = 0
-
-    def backward(surrogate: torch.Tensor) -> None:
-        nonlocal done
-        done += 1
-        engine.set_gradient_accumulation_boundary(done == calls)
-        engine.backward(surrogate, scale_wrt_gas=False)
-
-    return backward
