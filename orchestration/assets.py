@@ -8,6 +8,7 @@ Dagster and DVC agree on what was produced; its metadata comes from the stage's 
 import base64
 import csv
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -312,6 +313,67 @@ def regression_check(
     ]
 
 
+def _check(
+    name: str, passed: bool, severity: AssetCheckSeverity, verdict: str, **numbers: float
+) -> list[AssetCheckResult]:
+    metadata = {key: MetadataValue.float(float(value)) for key, value in numbers.items()}
+    return [
+        AssetCheckResult(
+            check_name=name,
+            passed=passed,
+            severity=severity,
+            metadata={**metadata, "verdict": MetadataValue.text(verdict)},
+        )
+    ]
+
+
+# Share of inputs a stage may reject before its check warns.
+REJECT_SHARE_LIMIT = 0.1
+
+
+def pool_check(metrics: Mapping[str, Any], previous: Mapping[str, Any]) -> list[AssetCheckResult]:
+    """The pool holds images, and few inputs were rejected (a broken source shows here first)."""
+    images, rejected = metrics["images"], metrics["rejected"]
+    share = rejected / max(1, images + rejected)
+    passed = images > 0 and share <= REJECT_SHARE_LIMIT
+    verdict = f"{images} images, {rejected} rejected ({share:.1%}; limit {REJECT_SHARE_LIMIT:.0%})"
+    return _check("pool_health", passed, AssetCheckSeverity.WARN, verdict, reject_share=share)
+
+
+def backbone_check(
+    metrics: Mapping[str, Any], previous: Mapping[str, Any]
+) -> list[AssetCheckResult]:
+    """The backbone is a Qwen2-VL-family model the embedder supports, with parameters."""
+    from muco.model.backbone import SUPPORTED_MODEL_TYPES
+
+    passed = metrics["model_type"] in SUPPORTED_MODEL_TYPES and metrics["parameters"] > 0
+    verdict = f"{metrics['model_type']} with {metrics['parameters']:,} parameters"
+    return _check("supported_backbone", passed, AssetCheckSeverity.ERROR, verdict)
+
+
+def synthesis_check(
+    metrics: Mapping[str, Any], previous: Mapping[str, Any]
+) -> list[AssetCheckResult]:
+    """Most images became records: a generator whose outputs fail to parse shows here."""
+    records, rejected = metrics["records"], metrics["rejected"]
+    share = rejected / max(1, records + rejected)
+    passed = records > 0 and share <= REJECT_SHARE_LIMIT
+    verdict = f"{records} records, {rejected} images rejected ({share:.1%})"
+    return _check("synthesis_yield", passed, AssetCheckSeverity.WARN, verdict, reject_share=share)
+
+
+def training_check(
+    metrics: Mapping[str, Any], previous: Mapping[str, Any]
+) -> list[AssetCheckResult]:
+    """Blocking: the loss is finite and fell; a diverged model is not worth evaluating."""
+    first, final = metrics["first_loss"], metrics["final_loss"]
+    passed = math.isfinite(final) and final < first
+    verdict = f"loss {first:.4f} -> {final:.4f}"
+    return _check(
+        "loss_decreased", passed, AssetCheckSeverity.ERROR, verdict, first=first, final=final
+    )
+
+
 def backbone_metadata(root: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
     """What was materialised and how large it is."""
     return {
@@ -334,6 +396,8 @@ image_pool = dvc_stage_asset(
     ),
     metadata=image_pool_metadata,
     kinds={"parquet", "png"},
+    check_specs=[AssetCheckSpec("pool_health", asset="image_pool", description="images, rejects")],
+    checks=pool_check,
 )
 
 backbone = dvc_stage_asset(
@@ -345,6 +409,10 @@ backbone = dvc_stage_asset(
     ),
     metadata=backbone_metadata,
     kinds={"pytorch", "safetensors"},
+    check_specs=[
+        AssetCheckSpec("supported_backbone", asset="backbone", description="Qwen2-VL family")
+    ],
+    checks=backbone_check,
 )
 
 m3t_records = dvc_stage_asset(
@@ -358,6 +426,11 @@ m3t_records = dvc_stage_asset(
     metadata=m3t_records_metadata,
     deps=["image_pool"],
     kinds={"parquet", "duckdb"},
+    check_specs=[
+        AssetCheckSpec("synthesis_yield", asset="m3t_records", description="rejected images")
+    ],
+    checks=synthesis_check,
+    metrics_file="metrics/synthesize.json",
 )
 
 validated_records = dvc_stage_asset(
@@ -392,6 +465,16 @@ embedding_model = dvc_stage_asset(
     metadata=embedding_model_metadata,
     deps=["validated_records", "backbone", "image_pool"],
     kinds={"pytorch", "deepspeed", "safetensors"},
+    check_specs=[
+        AssetCheckSpec(
+            "loss_decreased",
+            asset="embedding_model",
+            blocking=True,
+            description="finite final loss below the first",
+        )
+    ],
+    checks=training_check,
+    metrics_file="metrics/train.json",
 )
 
 benchmark_scores = dvc_stage_asset(

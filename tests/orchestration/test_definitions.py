@@ -154,7 +154,9 @@ def test_failing_gate_is_a_failed_blocking_check_that_stops_downstream(
             raise_on_error=False,
         )
         assert not result.success
-        (evaluation,) = result.get_asset_check_evaluations()
+        (evaluation,) = [
+            e for e in result.get_asset_check_evaluations() if e.check_name == GATE_CHECK
+        ]
         assert evaluation.check_name == GATE_CHECK and not evaluation.passed
         assert "fewer than validate.min_records 1000" in evaluation.metadata["failures"].value
         assert evaluation.metadata["valid"].value == 8
@@ -173,7 +175,9 @@ def test_passing_gate_lets_downstream_run(dvc_workspace: Path) -> None:
             instance=instance,
         )
         assert result.success
-        (evaluation,) = result.get_asset_check_evaluations()
+        (evaluation,) = [
+            e for e in result.get_asset_check_evaluations() if e.check_name == GATE_CHECK
+        ]
         assert evaluation.passed
         event = result.asset_materializations_for_node("validated_records")[0]
         lock = yaml.safe_load((dvc_workspace / "dvc.lock").read_text())
