@@ -96,7 +96,7 @@ class TeacherCache:
                 raise ValueError(f"{keys_file}: {len(keys)} keys but {len(vectors)} vectors")
             self.dimension = int(vectors.shape[1])
             for key, vector in zip(keys.tolist(), vectors, strict=True):
-                self._rows[key] = vector
+                self._rows[_full_key(key)] = vector
 
     def missing(self, texts: Sequence[str]) -> list[str]:
         """The distinct texts of ``texts`` without a cached vector, in first-seen order."""
@@ -125,7 +125,7 @@ class TeacherCache:
             atomic_write_bytes(self.directory / f"{name}.keys.npy", _npy(keys))
             number += 1
             for key, vector in zip(keys.tolist(), part, strict=True):
-                self._rows[key] = vector
+                self._rows[_full_key(key)] = vector
         self.dimension = int(vectors.shape[1])
 
     def lookup(self, texts: Sequence[str]) -> np.ndarray:
@@ -197,3 +197,8 @@ def precompute(teacher: SentenceTeacher, texts: Sequence[str], root: Path | None
     if missing:
         cache.add(missing, teacher.encode(missing))
     return directory
+
+
+def _full_key(stored: bytes) -> bytes:
+    """A digest as :func:`text_key` returns it: numpy's ``S32`` drops trailing NUL bytes."""
+    return stored.ljust(32, b"\0")

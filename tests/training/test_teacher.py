@@ -84,3 +84,12 @@ def test_packaged_teacher_loads_offline_and_embeds(
     # Alone rather than in a padded batch of three: equal up to float rounding.
     cached = TeacherCache(directory).lookup(["a red circle"])
     np.testing.assert_allclose(cached, vectors[:1], atol=1e-5)
+
+
+def test_a_digest_ending_in_nul_bytes_is_found(tmp_path: Path) -> None:
+    # numpy's S32 strips trailing NULs on the way out; 1 digest in 256 ends in one.
+    text = "four"
+    assert text_key(text).endswith(b"\0")
+    teacher = CountingTeacher()
+    directory = precompute(teacher, [text, "five"], tmp_path)
+    np.testing.assert_array_equal(TeacherCache(directory).lookup([text]), teacher.encode([text]))
