@@ -4,6 +4,11 @@ Not the last token and not EOS, so one sequence can carry several embeddings (mu
 training) and the padding side does not matter. Inference uses the single-turn template of
 :mod:`muco.model.templates` byte for byte, which keeps released MuCo checkpoints loadable.
 
+A checkpoint says how it embeds in ``muco_embedding.json`` (:class:`Readout`, written by
+``muco.training.export``): the ``<|emb|>`` readout above, or CoMa's (METHODS.md §4), the
+compression prompt and the L2-normalised mean of the compression tokens' last hidden states.
+Without the file (released MuCo checkpoints, stock Qwen2-VL) the readout is ``<|emb|>``.
+
 The backbone runs through ``model.model`` (``Qwen2VLModel`` / ``Qwen2_5_VLModel``: vision tower
 plus language model, returning ``last_hidden_state``), not the ``...ForConditionalGeneration``
 forward, which would also project every position onto the vocabulary for logits nobody reads.
@@ -11,10 +16,11 @@ forward, which would also project every position onto the vocabulary for logits 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,10 +29,16 @@ from PIL import Image
 
 from muco.model import templates
 from muco.model.backbone import Backbone, load_backbone
-from muco.model.special_tokens import EMB_TOKEN, MASK_TOKEN
+from muco.model.special_tokens import EMB_TOKEN, MASK_TOKEN, compression_tokens
 
 # New embedding tables are padded to a multiple of this, as Qwen's own tables are.
 _VOCAB_PAD_MULTIPLE = 64
+
+# The file in a model directory that says how the model embeds (:class:`Readout`).
+EMBEDDING_FILE = "muco_embedding.json"
+
+ReadoutKind = Literal["emb", "compression_mean"]
+_READOUT_KINDS: tuple[ReadoutKind, ...] = ("emb", "compression_mean")
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,79 @@ class EmbedInput:
 
     text: str | None = None
     image: Image.Image | Path | str | None = None
+
+
+@dataclass(frozen=True)
+class Readout:
+    """How a model turns an input into one embedding, as its last training stage taught it.
+
+    ``emb`` (MuCo, single-turn, UniME, CoCoA; METHODS.md §1): the single-turn template, the
+    hidden state at its ``<|emb|>``. ``compression_mean`` (CoMa; METHODS.md §4): the compression
+    prompt with ``compression_tokens`` slots, the mean of their hidden states. Both are
+    L2-normalised. The template version is part of the record: an embedding is only meaningful
+    under the prompt wording the model was trained on.
+    """
+
+    kind: ReadoutKind = "emb"
+    compression_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in _READOUT_KINDS:
+            raise ValueError(f"readout kind must be one of {_READOUT_KINDS}, not {self.kind!r}")
+        if self.kind == "emb" and self.compression_tokens:
+            raise ValueError("the emb readout takes no compression tokens")
+        if self.kind == "compression_mean" and self.compression_tokens < 1:
+            raise ValueError("the compression_mean readout needs at least one compression token")
+
+    @property
+    def template_version(self) -> str:
+        """The version of the prompt this readout embeds with (:mod:`muco.model.templates`)."""
+        if self.kind == "emb":
+            return templates.TEMPLATE_VERSION
+        return templates.COMA_TEMPLATE_VERSION
+
+    def prompt(self, text: str, has_image: bool) -> str:
+        """The exact text the model sees for ``text`` (with an image when ``has_image``)."""
+        if self.kind == "emb":
+            return templates.single_turn(text, has_image)
+        return templates.coma_prompt(text, has_image, self.compression_tokens)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record of :data:`EMBEDDING_FILE`."""
+        return {
+            "readout": self.kind,
+            "compression_tokens": self.compression_tokens,
+            "template_version": self.template_version,
+        }
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any], source: str = EMBEDDING_FILE) -> Readout:
+        """Parse :meth:`to_json`'s record; ``ValueError`` naming ``source`` when it is not one
+        this code can embed with (an unknown kind, or a template version it does not write)."""
+        try:
+            readout = cls(str(record["readout"]), int(record.get("compression_tokens", 0)))
+            version = str(record["template_version"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{source}: not a readout record ({error})") from error
+        if version != readout.template_version:
+            raise ValueError(
+                f"{source}: the model was trained with template {version!r}, but this code "
+                f"embeds the {readout.kind} readout with {readout.template_version!r}"
+            )
+        return readout
+
+    @classmethod
+    def of_checkpoint(cls, path_or_id: str | Path) -> Readout:
+        """The readout a model directory records; ``emb`` when it records none (released MuCo
+        checkpoints, stock Qwen2-VL, and hub ids, which are not looked up)."""
+        path = Path(path_or_id) / EMBEDDING_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: unreadable ({error})") from error
+        return cls.from_json(record, source=str(path))
 
 
 def trainable_token_ids(tokenizer: Any) -> list[int]:
@@ -82,21 +167,32 @@ def ensure_special_tokens(backbone: Backbone) -> bool:
 
 
 class Embedder:
-    """A backbone that turns items or processed batches into MuCo embeddings."""
+    """A backbone that turns items or processed batches into embeddings, by its :class:`Readout`."""
 
-    def __init__(self, backbone: Backbone) -> None:
+    def __init__(self, backbone: Backbone, readout: Readout | None = None) -> None:
         self.backbone = backbone
-        self.emb_token_id = trainable_token_ids(backbone.processor.tokenizer)[0]
+        self.readout = readout or Readout()
+        tokenizer = backbone.processor.tokenizer
+        self.emb_token_id = trainable_token_ids(tokenizer)[0]
+        self.compression_ids = torch.tensor(
+            _compression_ids(tokenizer, self.readout.compression_tokens), dtype=torch.long
+        )
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | Path, **load_kwargs: Any) -> Embedder:
+    def from_pretrained(
+        cls, path_or_id: str | Path, *, readout: Readout | None = None, **load_kwargs: Any
+    ) -> Embedder:
         """Load through :func:`load_backbone` and add the MuCo tokens if the checkpoint lacks them.
 
+        ``readout`` None takes the checkpoint's own (:meth:`Readout.of_checkpoint`); pass one to
+        override it, e.g. ``Readout()`` to train a ``<|emb|>`` method on top of a CoMa export.
         ``load_kwargs`` are those of :func:`load_backbone` (pixel limits, dtype, attention).
         """
+        if readout is None:
+            readout = Readout.of_checkpoint(path_or_id)
         backbone = load_backbone(path_or_id, **load_kwargs)
         ensure_special_tokens(backbone)
-        return cls(backbone)
+        return cls(backbone, readout)
 
     @property
     def hidden_size(self) -> int:
@@ -107,24 +203,36 @@ class Embedder:
         """Boolean mask (B, L), true where ``<|emb|>`` sits in ``input_ids`` (B, L)."""
         return input_ids == self.emb_token_id
 
+    def readout_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Boolean mask (B, L) of the positions the readout reads: ``<|emb|>``, or the
+        compression tokens."""
+        if self.readout.kind == "emb":
+            return self.embed_positions(input_ids)
+        return torch.isin(input_ids, self.compression_ids.to(input_ids.device))
+
     def forward_embeddings(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Embeddings (N_emb, D), float32, L2-normalised, with gradient.
+        """Embeddings (N, D), float32, L2-normalised, with gradient, by the readout.
 
         ``batch`` is the processor's output (``input_ids`` and ``attention_mask`` (B, L), and
-        ``pixel_values`` / ``image_grid_thw`` / ``mm_token_type_ids`` with images). Rows are in
-        row-major order of the ``<|emb|>`` positions: sample by sample, left to right within one.
+        ``pixel_values`` / ``image_grid_thw`` / ``mm_token_type_ids`` with images). ``emb``: one
+        row per ``<|emb|>``, in row-major order (sample by sample, left to right within one).
+        ``compression_mean``: one row per sample, the mean over its compression tokens.
         """
         inputs = dict(batch)
         if "pixel_values" not in inputs and "position_ids" not in inputs:
             inputs["position_ids"] = _text_position_ids(inputs["attention_mask"])
         hidden = self.backbone.model.model(**inputs, use_cache=False).last_hidden_state
-        # Boolean indexing flattens in row-major order: the documented sample-then-position order.
-        selected = hidden[self.embed_positions(inputs["input_ids"])]
-        return F.normalize(selected.float(), dim=-1)
+        positions = self.readout_positions(inputs["input_ids"])
+        if self.readout.kind == "emb":
+            # Boolean indexing flattens in row-major order: the documented sample-then-position
+            # order.
+            return F.normalize(hidden[positions].float(), dim=-1)
+        # Padding is never a compression token; the mask only guards against a pad id reuse.
+        return _mean_pool(hidden, positions & inputs["attention_mask"].bool())
 
     def prompt_for(self, item: EmbedInput) -> str:
-        """The exact text the model sees for ``item``: :func:`templates.single_turn`."""
-        return templates.single_turn(item.text or "", has_image=item.image is not None)
+        """The exact text the model sees for ``item``: :meth:`Readout.prompt`."""
+        return self.readout.prompt(item.text or "", has_image=item.image is not None)
 
     def encode(self, items: Sequence[EmbedInput], batch_size: int = 16) -> np.ndarray:
         """One embedding per item, (N, D) float32, in input order; no gradient, eval mode.
@@ -145,11 +253,21 @@ class Embedder:
                 for start in range(0, len(order), batch_size):
                     chunk = order[start : start + batch_size]
                     batch = self._process([items[index] for index in chunk])
-                    _check_one_emb_each(self.embed_positions(batch["input_ids"]), chunk)
+                    self._check_positions(batch["input_ids"], chunk)
                     out[chunk] = self.forward_embeddings(batch).cpu().numpy()
         finally:
             model.train(was_training)
         return out
+
+    def _check_positions(self, input_ids: torch.Tensor, indices: Sequence[int]) -> None:
+        # User text may itself contain `<|emb|>` or a compression token, which tokenise to the
+        # special token and would change what the readout reads.
+        n = self.readout.compression_tokens
+        expected, what = (n, f"{n} compression tokens") if n else (1, f"exactly one {EMB_TOKEN}")
+        counts = self.readout_positions(input_ids).sum(dim=1).tolist()
+        for index, count in zip(indices, counts, strict=True):
+            if count != expected:
+                raise ValueError(f"item {index}: expected {what}, found {count}")
 
     def _process(self, items: Sequence[EmbedInput]) -> Mapping[str, torch.Tensor]:
         images = [_load_image(item.image) for item in items if item.image is not None]
@@ -197,9 +315,25 @@ def _load_image(image: Image.Image | Path | str) -> Image.Image:
         return opened.convert("RGB")
 
 
-def _check_one_emb_each(positions: torch.Tensor, indices: Sequence[int]) -> None:
-    # User text may itself contain `<|emb|>`, which tokenises to the special token.
-    counts = positions.sum(dim=1).tolist()
-    for index, count in zip(indices, counts, strict=True):
-        if count != 1:
-            raise ValueError(f"item {index}: expected exactly one {EMB_TOKEN}, found {count}")
+def _compression_ids(tokenizer: Any, n: int) -> list[int]:
+    """Ids of the ``n`` compression tokens (none for ``n == 0``); ``ValueError`` if missing."""
+    if n == 0:
+        return []
+    tokens = compression_tokens(n)
+    vocabulary = tokenizer.get_vocab()
+    missing = [token for token in tokens if token not in vocabulary]
+    if missing:
+        raise ValueError(
+            f"the compression_mean readout needs {n} compression tokens, but the tokenizer "
+            f"lacks {missing[0]} (and {len(missing) - 1} more)"
+        )
+    return [vocabulary[token] for token in tokens]
+
+
+def _mean_pool(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``(B, D)`` float32: per row, the L2-normalised mean of ``hidden`` (B, L, D) over
+    ``positions`` (B, L); CoMa's embedding (METHODS.md §4). Every row has a position
+    (``encode`` checks the counts)."""
+    counts = positions.sum(dim=1, keepdim=True)
+    summed = torch.einsum("bl,bld->bd", positions.to(torch.float32), hidden.float())
+    return F.normalize(summed / counts, dim=-1)

@@ -1,9 +1,13 @@
-"""The exact prompt texts MuCo embeds with (METHODS.md §1).
+"""The exact prompt texts the embedders read (METHODS.md §1, §4).
 
 Released MuCo checkpoints expect these strings byte for byte: the single-turn template for
 inference and evaluation, the multi-turn layout for stage-1 pretraining. Images are inline as
 ``<|vision_start|><|image_pad|><|vision_end|>``; the processor expands ``<|image_pad|>`` to the
 image's visual tokens. The last hidden state at every ``<|emb|>`` is an embedding.
+
+A CoMa-trained model embeds with its own compression prompt instead (:func:`coma_prompt`): the
+mean of the compression tokens' last hidden states. It lives here, not with the training code,
+because inference (``muco.model.embedder``) needs it as much as training does.
 """
 
 from __future__ import annotations
@@ -11,11 +15,21 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from muco.model.special_tokens import EMB_TOKEN, IMAGE_PLACEHOLDER, MMEB_IMAGE_PLACEHOLDER
+from muco.model.special_tokens import (
+    EMB_TOKEN,
+    IMAGE_PLACEHOLDER,
+    MMEB_IMAGE_PLACEHOLDER,
+    compression_tokens,
+)
 
 # Recorded with evaluation results and in the embedding-cache fingerprint: bump it whenever a
 # string below changes, since every embedding changes with it.
 TEMPLATE_VERSION = "muco-v1"
+# The same for the compression prompt; exported CoMa models record it (muco_embedding.json), so
+# a model trained on one wording is never silently embedded with another.
+COMA_TEMPLATE_VERSION = "coma-v1"
+
+COMPRESS_INSTRUCTION = "Summarize the above content in a few compressed tokens."
 
 SYSTEM_TURN = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 ASSISTANT_EMB_TURN = f"<|im_start|>assistant\n{EMB_TOKEN}<|im_end|>"
@@ -75,3 +89,27 @@ def multi_turn(texts: Sequence[str], has_image: bool) -> str:
         parts.append(user_turn(normalise_text(text, has_image and index == 0)))
         parts.append(ASSISTANT_EMB_TURN + ("\n" if index < len(texts) - 1 else ""))
     return "".join(parts)
+
+
+def coma_prompt(text: str, has_image: bool, n: int) -> str:
+    """CoMa's compression prompt (METHODS.md §4): the single-turn layout with a "summarize"
+    instruction after the user's content and the n compression tokens as the answer::
+
+        <|im_start|>system
+        You are a helpful assistant.<|im_end|>
+        <|im_start|>user
+        {text}{COMPRESS_INSTRUCTION}
+        <|im_end|>
+        <|im_start|>assistant
+        <|comp_0|>...<|comp_{n-1}|><|im_end|>
+
+    ``{text}`` is normalised as in :func:`single_turn` (so it ends in a newline).
+    """
+    body = normalise_text(text, has_image) + COMPRESS_INSTRUCTION + "\n"
+    return (
+        SYSTEM_TURN
+        + user_turn(body)
+        + "<|im_start|>assistant\n"
+        + "".join(compression_tokens(n))
+        + "<|im_end|>"
+    )

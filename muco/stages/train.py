@@ -23,7 +23,7 @@ import torch
 from muco.config import Params, load_params, params_hash
 from muco.io import atomic_write_json, atomic_write_text
 from muco.stages import run_stage
-from muco.training.export import export_model
+from muco.training.export import export_model, training_readout
 from muco.training.launch import relaunch
 from muco.training.loop import train
 
@@ -118,6 +118,7 @@ def _run(args: argparse.Namespace) -> int:
                 embedder,
                 args.out,
                 provenance={"stage": "train", "params_sha256": params_hash(params.train)},
+                readout=training_readout(params.train),
             )
     if torch.distributed.get_rank() != 0:
         return 0

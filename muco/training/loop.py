@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from muco.config import BackboneConfig, StagePlan, TrainConfig
-from muco.model.embedder import Embedder
+from muco.model.embedder import Embedder, Readout
 from muco.training.checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -178,8 +178,11 @@ def train(
     for plan in plans:
         _per_rank(plan, world)
     torch.manual_seed(cfg.seed + rank)  # dropout streams differ per rank, reproducibly
+    # The heads choose their own readout; head "emb" must read `<|emb|>` even when the backbone
+    # is an exported CoMa model, whose muco_embedding.json asks for the compression mean.
     embedder = Embedder.from_pretrained(
         backbone_dir,
+        readout=Readout(),
         min_pixels=backbone_cfg.min_pixels,
         max_pixels=backbone_cfg.max_pixels,
         attn_implementation=backbone_cfg.attn_implementation,
