@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from script_loader import load_script
 
 from muco.config import BackboneConfig, TinyBackboneConfig
 from muco.model.backbone import prepare_backbone
@@ -18,19 +17,8 @@ from muco.model.backbone import prepare_backbone
 
 @pytest.fixture(scope="module")
 def script(repo_root: Path) -> Iterator[ModuleType]:
-    """The benchmark script, loaded by path: benchmarks/ is not a package."""
-    path = repo_root / "benchmarks" / "eval_throughput.py"
-    name = "benchmarks_eval_throughput"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # Its dataclasses resolve their annotations through sys.modules while the module executes.
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
+    with load_script(repo_root / "benchmarks" / "eval_throughput.py") as module:
         yield module
-    finally:
-        del sys.modules[name]
 
 
 def test_dedup_embeds_each_distinct_input_once_and_the_warm_cache_none(

@@ -3,15 +3,14 @@ the train stage and scored on scenes-bench, written as JSON rows."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from script_loader import load_script
 
 from muco.config import (
     BackboneConfig,
@@ -44,19 +43,8 @@ TRAIN = {
 
 @pytest.fixture(scope="module")
 def script(repo_root: Path) -> Iterator[ModuleType]:
-    """The benchmark script, loaded by path: benchmarks/ is not a package."""
-    path = repo_root / "benchmarks" / "methods.py"
-    name = "benchmarks_methods"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # Its dataclasses resolve their annotations through sys.modules while the module executes.
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
+    with load_script(repo_root / "benchmarks" / "methods.py") as module:
         yield module
-    finally:
-        del sys.modules[name]
 
 
 @pytest.fixture(scope="module")
