@@ -42,10 +42,16 @@ def test_push_env_sends_the_stage_outputs_to_the_default_remote(
     # Nothing changed, so DVC skips the stage; the outputs still have to reach the remote.
     monkeypatch.setenv(PUSH_ENV, "1")
     _materialise_image_pool(dvc_workspace)
-    lock = yaml.safe_load((dvc_workspace / "dvc.lock").read_text())
-    dir_md5 = lock["stages"]["images"]["outs"][0]["md5"]
+    outs = yaml.safe_load((dvc_workspace / "dvc.lock").read_text())["stages"]["images"]["outs"]
+    by_path = {out["path"]: out["md5"] for out in outs}
+    dir_md5 = by_path["data/images"]
     listing = json.loads(_object(dvc_workspace / ".dvc" / "cache", dir_md5).read_text())
-    expected = {_object(store, dir_md5), *(_object(store, entry["md5"]) for entry in listing)}
+    # The pool directory, every file in it, and the stage's (cached) metrics file.
+    expected = {
+        _object(store, dir_md5),
+        *(_object(store, entry["md5"]) for entry in listing),
+        _object(store, by_path["metrics/images.json"]),
+    }
     assert len(listing) > 12, listing  # 12 images, the manifest, the preview, ...
     assert {p for p in store.rglob("*") if p.is_file()} == expected
     status = run_dvc(dvc_workspace, "status", "--cloud", "images").stdout
