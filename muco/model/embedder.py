@@ -29,6 +29,7 @@ from PIL import Image
 
 from muco.model import templates
 from muco.model.backbone import Backbone, load_backbone
+from muco.model.pooling import mean_pool
 from muco.model.special_tokens import EMB_TOKEN, MASK_TOKEN, compression_tokens
 
 # New embedding tables are padded to a multiple of this, as Qwen's own tables are.
@@ -228,7 +229,7 @@ class Embedder:
             # order.
             return F.normalize(hidden[positions].float(), dim=-1)
         # Padding is never a compression token; the mask only guards against a pad id reuse.
-        return _mean_pool(hidden, positions & inputs["attention_mask"].bool())
+        return mean_pool(hidden, positions & inputs["attention_mask"].bool())
 
     def prompt_for(self, item: EmbedInput) -> str:
         """The exact text the model sees for ``item``: :meth:`Readout.prompt`."""
@@ -328,12 +329,3 @@ def _compression_ids(tokenizer: Any, n: int) -> list[int]:
             f"lacks {missing[0]} (and {len(missing) - 1} more)"
         )
     return [vocabulary[token] for token in tokens]
-
-
-def _mean_pool(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """``(B, D)`` float32: per row, the L2-normalised mean of ``hidden`` (B, L, D) over
-    ``positions`` (B, L); CoMa's embedding (METHODS.md §4). Every row has a position
-    (``encode`` checks the counts)."""
-    counts = positions.sum(dim=1, keepdim=True)
-    summed = torch.einsum("bl,bld->bd", positions.to(torch.float32), hidden.float())
-    return F.normalize(summed / counts, dim=-1)

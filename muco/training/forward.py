@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -91,20 +90,6 @@ def token_embeddings(hidden: Tensor, positions: Tensor) -> Tensor:
     """L2-normalised float32 rows of ``hidden`` (B, L, D) where ``positions`` (B, L) is True,
     in row-major order (MuCo's readout at ``<|emb|>``, CoCoA's at EOS)."""
     return F.normalize(hidden[positions].float(), dim=-1)
-
-
-def mean_embeddings(hidden: Tensor, positions: Tensor) -> Tensor:
-    """``(B, D)``: per row, the L2-normalised mean of ``hidden`` over ``positions`` (B, L).
-
-    CoMa's embedding: the mean of the compression tokens' last hidden states (METHODS.md §4).
-    Raises ``ValueError`` when a row has no position.
-    """
-    counts = positions.sum(dim=1, keepdim=True)
-    if (counts == 0).any():
-        raise ValueError("a row has no position to pool over")
-    weights = positions.to(torch.float32)
-    summed = torch.einsum("bl,bld->bd", weights, hidden.float())
-    return F.normalize(summed / counts, dim=-1)
 
 
 def next_token_nll_sum(model: nn.Module, hidden: Tensor, labels: Tensor) -> Tensor:

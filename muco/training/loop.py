@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from muco.config import BackboneConfig, StagePlan, TrainConfig
 from muco.model.embedder import Embedder, Readout
+from muco.model.pooling import mean_pool
 from muco.training.checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -34,7 +35,6 @@ from muco.training.engine import deepspeed_config, init_distributed, records_per
 from muco.training.finetune import prepare_for_training
 from muco.training.forward import (
     backbone_hidden,
-    mean_embeddings,
     next_token_nll_sum,
     token_embeddings,
 )
@@ -146,7 +146,7 @@ class EmbeddingModule(torch.nn.Module):
             return token_embeddings(hidden, self.embedder.embed_positions(batch["input_ids"]))
         if head == "mean":
             rows = pool.any(dim=1)  # a keep-alive row (ZeRO-3) has no position: no embedding
-            return mean_embeddings(hidden[rows], pool[rows])
+            return mean_pool(hidden[rows], pool[rows])
         if head == "nll":
             return next_token_nll_sum(self.backbone, hidden, labels)
         raise ValueError(f"unknown head {head!r}")

@@ -21,9 +21,10 @@ from muco.evaluation.model_spec import ModelSpec
 from muco.model import templates
 from muco.model.backbone import prepare_backbone
 from muco.model.embedder import EMBEDDING_FILE, Embedder, EmbedInput, Readout
+from muco.model.pooling import mean_pool
 from muco.model.special_tokens import EMB_TOKEN, compression_tokens
 from muco.training.export import MUCO_FILE, export_model, training_readout
-from muco.training.forward import backbone_hidden, mean_embeddings, token_embeddings
+from muco.training.forward import backbone_hidden, token_embeddings
 from muco.training.vocab import ensure_tokens
 
 PIXELS = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
@@ -76,7 +77,7 @@ def _manual(embedder: Embedder, item: EmbedInput, prompt: str, pool: str) -> np.
             comp = torch.tensor(
                 embedder.backbone.processor.tokenizer.convert_tokens_to_ids(compression_tokens(N))
             )
-            rows = mean_embeddings(hidden, torch.isin(ids, comp))
+            rows = mean_pool(hidden, torch.isin(ids, comp))
         else:
             rows = token_embeddings(hidden, ids == embedder.emb_token_id)
     assert rows.shape[0] == 1
@@ -176,6 +177,10 @@ def test_a_record_this_code_cannot_embed_with_is_an_error(tmp_path: Path) -> Non
 def test_the_embedding_cache_fingerprint_covers_the_readout(coma_dir: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(coma_dir, copy)
-    before = ModelSpec(str(copy)).fingerprint()
+    spec = ModelSpec(str(copy))
+    assert spec.settings()["readout"] == "compression_mean"
+    assert spec.settings()["template"] == templates.COMA_TEMPLATE_VERSION
+    before = spec.fingerprint()
     (copy / EMBEDDING_FILE).write_text(json.dumps(Readout().to_json()))
-    assert ModelSpec(str(copy)).fingerprint() != before
+    assert spec.settings()["template"] == templates.TEMPLATE_VERSION
+    assert spec.fingerprint() != before

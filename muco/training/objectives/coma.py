@@ -14,7 +14,7 @@ one pair per sequence.
 The compression tokens ``<|comp_0|>`` ... are added to the tokenizer before training (their rows
 train under LoRA like ``<|emb|>``) and ship with the exported checkpoint. Inference with a
 CoMa-trained model must use the compression prompt and mean pooling (``coma_prompt`` with
-:func:`muco.training.forward.mean_embeddings`), not the single-turn ``<|emb|>`` readout.
+:func:`muco.model.pooling.mean_pool`), not the single-turn ``<|emb|>`` readout.
 """
 
 from __future__ import annotations
