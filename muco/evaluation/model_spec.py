@@ -17,8 +17,7 @@ from typing import Any
 import torch
 
 from muco.config import BackboneConfig
-from muco.model import templates
-from muco.model.embedder import Embedder
+from muco.model.embedder import Embedder, Readout
 
 # Files that define a checkpoint's behaviour; large weights are hashed in 1 MiB blocks.
 _MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".jinja")
@@ -55,8 +54,10 @@ class ModelSpec:
         return embedder
 
     def settings(self) -> dict[str, Any]:
-        """Every setting of the spec, for results and reports."""
-        return {**asdict(self), "template": templates.TEMPLATE_VERSION}
+        """Every setting of the spec, for results and reports, with the readout the checkpoint
+        records (its kind and the prompt template version it embeds with)."""
+        readout = Readout.of_checkpoint(self.model)
+        return {**asdict(self), "readout": readout.kind, "template": readout.template_version}
 
     def fingerprint(self) -> str:
         """sha256 (hex) of the model's files and the settings that change embeddings.
