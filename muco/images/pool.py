@@ -130,18 +130,32 @@ class _PoolWriter:
         self.rows: list[dict] = []
         self.rejects: list[dict] = []
         self._first_key_by_hash: dict[str, str] = {}
+        self._first_scene_by_split_hash: dict[tuple[str, str], str] = {}
 
     def reject(self, key: str, origin: str, reason: str, detail: str) -> None:
         self.rejects.append({"key": key, "origin": origin, "reason": reason, "detail": detail})
         self.summary.rejects_by_reason[reason] += 1
 
     def add_scene(self, scene: scenes.Scene, image_size: int) -> None:
-        png_path, json_path = scenes.write_scene(scene, image_size, self.root / "scenes")
-        data = png_path.read_bytes()
+        """Render and store one scene, unless its split already holds the same pixels.
+
+        Small single-object scenes can render identically (jitter and rotation below a pixel);
+        the later one is rejected as a duplicate. Across splits identical scenes are kept, so a
+        benchmark split never depends on the size of another; the validation gate's leakage
+        check keeps them out of training.
+        """
+        data = scenes.png_bytes(scenes.render_scene(scene, image_size))
+        sha256 = sha256_bytes(data)
+        first = self._first_scene_by_split_hash.setdefault((scene.split, sha256), scene.scene_id)
+        if first != scene.scene_id:
+            origin = f"scenes:{scene.scene_id}"
+            self.reject(scene.scene_id, origin, "duplicate", f"renders the same pixels as {first}")
+            return
+        png_path, json_path = scenes.write_scene(scene, image_size, self.root / "scenes", data)
         self._add_row(
             image_id=scene.scene_id,
             path=png_path.relative_to(self.root).as_posix(),
-            sha256=sha256_bytes(data),
+            sha256=sha256,
             size=(image_size, image_size),
             fmt="PNG",
             split=scene.split,

@@ -500,16 +500,21 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def write_scene(scene: Scene, image_size: int, out_dir: Path) -> tuple[Path, Path]:
+def write_scene(
+    scene: Scene, image_size: int, out_dir: Path, png: bytes | None = None
+) -> tuple[Path, Path]:
     """Write ``{out_dir}/{split}/{scene_id}.png`` and ``.json``; returns (png, json) paths.
 
-    The PNG goes first, so a present JSON file means the pair is complete.
+    ``png``: the scene already rendered and encoded by :func:`png_bytes` (rendered here when
+    None). The PNG goes first, so a present JSON file means the pair is complete.
     """
     split_dir = Path(out_dir) / scene.split
     split_dir.mkdir(parents=True, exist_ok=True)
     png_path = split_dir / f"{scene.scene_id}.png"
     json_path = split_dir / f"{scene.scene_id}.json"
-    atomic_write_bytes(png_path, png_bytes(render_scene(scene, image_size)))
+    if png is None:
+        png = png_bytes(render_scene(scene, image_size))
+    atomic_write_bytes(png_path, png)
     record = json.dumps(scene_to_dict(scene, image_size), sort_keys=True, indent=2)
     atomic_write_bytes(json_path, (record + "\n").encode("utf-8"))
     return png_path, json_path

@@ -50,6 +50,7 @@ class SynthesisReport:
     images: int = 0
     records: int = 0
     turns: int = 0
+    duplicate_images: int = 0
     from_cache: int = 0
     generated: int = 0
     rejections_by_reason: Counter[str] = field(default_factory=Counter)
@@ -64,6 +65,7 @@ class SynthesisReport:
             "images": self.images,
             "records": self.records,
             "turns": self.turns,
+            "duplicate_images": self.duplicate_images,
             "rejected": self.rejected,
             "rejections_by_reason": dict(sorted(self.rejections_by_reason.items())),
         }
@@ -94,6 +96,22 @@ def load_inputs(pool_dir: Path, splits: Sequence[str]) -> list[SynthesisInput]:
     ]
 
 
+def unique_by_content(inputs: Sequence[SynthesisInput]) -> list[SynthesisInput]:
+    """The first input of each content hash, in order.
+
+    Records are content-addressed (their id derives from the image's sha256), so two pool
+    images with the same bytes (across splits, or from a source that does not deduplicate)
+    are one image to synthesis: it is generated, cached and written once.
+    """
+    seen: set[str] = set()
+    unique = []
+    for item in inputs:
+        if item.sha256 not in seen:
+            seen.add(item.sha256)
+            unique.append(item)
+    return unique
+
+
 def synthesize(
     pool_dir: Path,
     out_dir: Path,
@@ -107,10 +125,11 @@ def synthesize(
     started = time.perf_counter()
     image_root = str(pool_dir)  # as given (e.g. data/images): provenance must not hold /home/...
     pool_dir = Path(pool_dir).resolve()
-    inputs = load_inputs(pool_dir, cfg.splits)
+    listed = load_inputs(pool_dir, cfg.splits)
+    inputs = unique_by_content(listed)
     identity = generator.identity()
     cache = SynthesisCache(cache_root / identity["generator"], identity)
-    report = SynthesisReport(images=len(inputs))
+    report = SynthesisReport(images=len(listed), duplicate_images=len(listed) - len(inputs))
 
     outcomes: dict[str, tuple[Outcome, datetime]] = {}
     pending: list[SynthesisInput] = []

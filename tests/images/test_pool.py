@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -19,7 +20,16 @@ from PIL import Image
 from muco.config import ImagesConfig, load_params
 from muco.images import scenes
 from muco.images.decode import sha256_bytes
-from muco.images.pool import MANIFEST, PREVIEW, PROVENANCE, REJECTS, build_pool, read_manifest
+from muco.images.pool import (
+    MANIFEST,
+    PREVIEW,
+    PROVENANCE,
+    REJECTS,
+    PoolSummary,
+    _PoolWriter,
+    build_pool,
+    read_manifest,
+)
 from muco.stages import images as images_stage
 
 
@@ -69,6 +79,30 @@ def test_scene_pool_is_byte_identical_across_builds(tmp_path: Path) -> None:
             assert (tmp_path / "a" / relative).read_bytes() == (
                 tmp_path / "b" / relative
             ).read_bytes(), relative
+
+
+def test_scenes_rendering_the_same_pixels_are_one_image_per_split(tmp_path: Path) -> None:
+    # Small single-object scenes can render identically (at 112 px, train-002546 of seed 0
+    # repeats an earlier scene); a pool must list each content once per split, as synthesis
+    # keys records by content hash.
+    scene = scenes.generate_scene(0, "train", 0)
+    twin = dataclasses.replace(scene, scene_id="train-000001")
+    other_split = dataclasses.replace(scene, scene_id="test-000000", split="test")
+    summary = PoolSummary(source="scenes")
+    writer = _PoolWriter(tmp_path, "scenes", summary)
+    for item in (scene, twin, other_split):
+        writer.add_scene(item, 56)
+    assert [row["image_id"] for row in writer.rows] == ["train-000000", "test-000000"]
+    assert writer.rejects == [
+        {
+            "key": "train-000001",
+            "origin": "scenes:train-000001",
+            "reason": "duplicate",
+            "detail": "renders the same pixels as train-000000",
+        }
+    ]
+    assert not (tmp_path / "scenes" / "train" / "train-000001.png").exists()
+    assert summary.rejects_by_reason == {"duplicate": 1}
 
 
 def test_train_scenes_in_the_pool_never_hold_held_out_pairs(tmp_path: Path) -> None:
