@@ -138,8 +138,33 @@ class ImagesConfig(StrictModel):
 # --------------------------------------------------------------------------- backbone
 
 
+class VisionPretrainConfig(StrictModel):
+    """Supervised pretraining of the tiny backbone's vision tower on freshly rendered scenes
+    (:mod:`muco.model.vision_pretraining`); ``steps: 0`` keeps the random tower."""
+
+    steps: NonNegativeInt = 0
+    batch_size: PositiveInt = 64
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    # Its own scene stream, apart from the image pool's (images.source.seed).
+    seed: int = 1
+    image_size: Annotated[int, Field(ge=48)] = 112
+    # Two or more objects: such a scene never renders the same pixels as a benchmark image.
+    min_objects: Annotated[int, Field(ge=1, le=9)] = 2
+    max_objects: Annotated[int, Field(ge=1, le=9)] = 5
+    validation_scenes: PositiveInt = 256
+
+    @model_validator(mode="after")
+    def _object_range(self) -> VisionPretrainConfig:
+        if self.min_objects > self.max_objects:
+            raise ValueError(
+                f"min_objects ({self.min_objects}) exceeds max_objects ({self.max_objects})"
+            )
+        return self
+
+
 class TinyBackboneConfig(StrictModel):
-    """Sizes of the offline tiny Qwen2-VL / Qwen2.5-VL built from a config with random weights."""
+    """Sizes of the offline tiny Qwen2-VL / Qwen2.5-VL built from a config with random weights,
+    and the optional pretraining of its vision tower."""
 
     family: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_vl"
     seed: int = 0
@@ -154,6 +179,7 @@ class TinyBackboneConfig(StrictModel):
     vision_num_heads: PositiveInt = 2
     # Width of the vision MLP over its embedding (Qwen2-VL: 4; Qwen2.5-VL has its own MLP).
     vision_mlp_ratio: PositiveInt = 2
+    pretrain_vision: VisionPretrainConfig = VisionPretrainConfig()
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyBackboneConfig:

@@ -1,12 +1,15 @@
-"""The offline tiny backbone: a small random Qwen2-VL or Qwen2.5-VL built from a config.
+"""The offline tiny backbone: a small Qwen2-VL or Qwen2.5-VL built from a config.
 
 It exists so the whole pipeline, from ``from_pretrained`` to the DeepSpeed engine, runs on a
-2-core CPU without a hub (DESIGN.md, rule 5). Same seed and config give identical weights and
-tokenizer. The result is saved with ``save_pretrained`` and loaded back like any checkpoint.
+2-core CPU without a hub (DESIGN.md, rule 5). Its weights are random, except for a vision tower
+optionally pretrained on rendered scenes (:mod:`muco.model.vision_pretraining`). Same seeds and
+config give identical weights and tokenizer. The result is saved with ``save_pretrained`` and
+loaded back like any checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -19,7 +22,7 @@ from transformers import (
 )
 
 from muco.config import BackboneConfig, TinyBackboneConfig
-from muco.io import atomic_directory
+from muco.io import atomic_directory, atomic_write_json
 from muco.model.processor import ImageOnlyQwen2VLProcessor, build_image_processor
 from muco.model.special_tokens import (
     EOS_TOKEN,
@@ -30,7 +33,10 @@ from muco.model.special_tokens import (
     VISION_START,
 )
 from muco.model.tokenizer import train_tokenizer
+from muco.model.vision_pretraining import pretrain_vision_tower
 
+# The vision pretraining report, saved beside the weights it produced.
+VISION_PRETRAINING = "vision_pretraining.json"
 # Embedding tables are padded to a multiple of this, as real Qwen checkpoints are.
 VOCAB_PAD_MULTIPLE = 64
 
@@ -114,7 +120,10 @@ def build_tiny_model(
 def save_tiny_backbone(backbone: BackboneConfig, out_dir: Path) -> Path:
     """Build tokenizer, processor and model of the tiny backbone and ``save_pretrained`` them.
 
-    The directory appears atomically: a reader never sees a half-written backbone.
+    With ``tiny.pretrain_vision.steps`` the vision tower is pretrained first
+    (:mod:`muco.model.vision_pretraining`) and its report saved beside the weights as
+    :data:`VISION_PRETRAINING`. The directory appears atomically: a reader never sees a
+    half-written backbone.
     """
     cfg = backbone.tiny
     tokenizer = train_tokenizer(cfg.vocab_size)
@@ -128,7 +137,19 @@ def save_tiny_backbone(backbone: BackboneConfig, out_dir: Path) -> Path:
         tokenizer,
         chat_template=tokenizer.chat_template,
     )
+    report = None
+    if cfg.pretrain_vision.steps:
+        report = pretrain_vision_tower(model, processor.image_processor, cfg.pretrain_vision)
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        if report is not None:
+            record = {"config": cfg.pretrain_vision.model_dump(), **report.metrics()}
+            atomic_write_json(tmp / VISION_PRETRAINING, record)
     return out_dir
+
+
+def read_vision_pretraining(model_dir: Path) -> dict | None:
+    """The vision pretraining report saved with a tiny backbone, or None if it has none."""
+    path = Path(model_dir) / VISION_PRETRAINING
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None

@@ -16,6 +16,7 @@ from transformers.utils import logging as hf_logging
 from muco.config import load_params
 from muco.io import atomic_write_json
 from muco.model.backbone import load_backbone_from_config, prepare_backbone
+from muco.model.tiny import read_vision_pretraining
 from muco.stages import run_stage
 
 
@@ -41,6 +42,12 @@ def _run(args: argparse.Namespace) -> int:
         "layers": config.text_config.num_hidden_layers,
         "tokenizer_size": len(backbone.processor.tokenizer),
     }
+    pretraining = read_vision_pretraining(args.out)
+    if pretraining is not None:
+        metrics["vision_pretraining"] = {
+            key: pretraining[key]
+            for key in ("steps", "scenes", "final_loss", "validation_accuracy")
+        }
     atomic_write_json(args.metrics, metrics)
     print(
         f"backbone: {metrics['model_type']} from {metrics['source']} with "

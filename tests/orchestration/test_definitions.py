@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dagster import AssetKey, DagsterInstance, asset, materialize
+from muco_scratch import tiny_params
 
 from orchestration.assets import GATE_CHECK, image_pool, m3t_records, validated_records
 from orchestration.definitions import defs
@@ -202,11 +203,7 @@ def test_embedding_model_metadata_has_losses_throughput_and_the_curve(tmp_path: 
 
 
 def test_whole_graph_materialises_through_dvc(dvc_workspace: Path) -> None:
-    params = yaml.safe_load((dvc_workspace / "params.yaml").read_text())
-    params["validate"]["min_records"] = 8
-    params["backbone"]["tiny"].update(hidden_size=32, num_layers=1, vocab_size=512)
-    params["train"].update(global_batch_size=8, micro_batch_size=4, max_steps=2, log_every_steps=1)
-    (dvc_workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    (dvc_workspace / "params.yaml").write_text(yaml.safe_dump(tiny_params(whole_graph=True)))
     with DagsterInstance.ephemeral() as instance:
         result = materialize(
             list(defs.assets),

@@ -1,0 +1,107 @@
+"""Supervised vision-tower pretraining of the tiny backbone: labels, learning, isolation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from muco.config import BackboneConfig, TinyBackboneConfig, VisionPretrainConfig
+from muco.images import scenes
+from muco.model.processor import build_image_processor
+from muco.model.tiny import VISION_PRETRAINING, build_tiny_model, save_tiny_backbone
+from muco.model.tokenizer import train_tokenizer
+from muco.model.vision_pretraining import ATTRIBUTE_CLASSES, cell_labels, pretrain_vision_tower
+from muco.stages import backbone as backbone_stage
+
+TINY = TinyBackboneConfig(vocab_size=512)
+PIXELS = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
+
+
+def _pretrain_config(steps: int) -> VisionPretrainConfig:
+    return VisionPretrainConfig(steps=steps, batch_size=32, lr=2e-3, image_size=112)
+
+
+def _fresh_model() -> torch.nn.Module:
+    tokenizer = train_tokenizer(TINY.vocab_size)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in tokenizer.all_special_tokens}
+    return build_tiny_model(TINY, ids, 576)
+
+
+def test_cell_labels_of_a_hand_built_scene() -> None:
+    star = scenes.SceneObject("star", "red", "large", 0, 0, 0.16, 0.16, 0.0)
+    ring = scenes.SceneObject("ring", "blue", "small", 2, 1, 0.5, 0.83, 0.0)
+    scene = scenes.Scene("train-000000", "train", "white", (star, ring))
+    labels = cell_labels([scene])
+    # Cells are row-major: top left is 0, bottom (row 2, col 1) is 7; 0 means empty.
+    expected = {
+        "colour": {
+            0: 1 + list(scenes.COLOURS).index("red"),
+            7: 1 + list(scenes.COLOURS).index("blue"),
+        },
+        "shape": {0: 1 + scenes.SHAPES.index("star"), 7: 1 + scenes.SHAPES.index("ring")},
+        "size": {0: 3, 7: 1},
+    }
+    for name, cells in expected.items():
+        assert labels[name].shape == (1, 9)
+        assert labels[name][0].tolist() == [cells.get(cell, 0) for cell in range(9)], name
+    assert ATTRIBUTE_CLASSES["size"] == ("empty", "small", "medium", "large")
+
+
+def test_pretraining_learns_and_touches_only_the_vision_tower() -> None:
+    processor = build_image_processor(**PIXELS)
+    untrained = _fresh_model()
+    first_step = pretrain_vision_tower(_fresh_model(), processor, _pretrain_config(1))
+    model = _fresh_model()
+    generator_state = torch.random.get_rng_state()
+    report = pretrain_vision_tower(model, processor, _pretrain_config(150))
+
+    assert torch.equal(torch.random.get_rng_state(), generator_state)
+    # The last step's loss, against the loss at initialisation (a one-step run's only step).
+    assert report.final_loss < 0.6 * first_step.final_loss
+    assert report.scenes == 150 * 32
+    assert set(report.validation_accuracy) == {"colour", "shape", "size"}
+    assert report.validation_accuracy["colour"] > 100 / 8  # above chance on unseen scenes
+    before, after = untrained.state_dict(), model.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(".visual." in f".{name}" for name in changed)
+    assert any("merger" in name for name in changed)
+
+
+def test_pretraining_is_deterministic() -> None:
+    processor = build_image_processor(**PIXELS)
+    a, b = _fresh_model(), _fresh_model()
+    pretrain_vision_tower(a, processor, _pretrain_config(3))
+    pretrain_vision_tower(b, processor, _pretrain_config(3))
+    for (name, left), right in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(left, right), name
+
+
+def test_the_stage_reports_the_pretraining_saved_with_the_backbone(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "backbone:\n  source: tiny\n  min_pixels: 3136\n  max_pixels: 3136\n"
+        "  tiny: {hidden_size: 32, vocab_size: 512, vision_embed_dim: 16,\n"
+        "         pretrain_vision: {steps: 2, batch_size: 4, image_size: 56}}\n"
+    )
+    out, metrics = tmp_path / "backbone", tmp_path / "backbone.json"
+    argv = ["--params", str(params), "--out", str(out), "--metrics", str(metrics)]
+    assert backbone_stage.main(argv) == 0
+    saved = json.loads((out / VISION_PRETRAINING).read_text())
+    assert saved["config"]["steps"] == 2 and saved["scenes"] == 8
+    reported = json.loads(metrics.read_text())["vision_pretraining"]
+    assert reported == {
+        k: saved[k] for k in ("steps", "scenes", "final_loss", "validation_accuracy")
+    }
+
+
+def test_no_pretraining_saves_no_report(tmp_path: Path) -> None:
+    save_tiny_backbone(BackboneConfig(tiny=TINY, **PIXELS), tmp_path / "b")
+    assert not (tmp_path / "b" / VISION_PRETRAINING).exists()
+
+
+def test_an_empty_object_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="min_objects"):
+        VisionPretrainConfig(min_objects=4, max_objects=2)
