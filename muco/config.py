@@ -75,23 +75,28 @@ class SceneCounts(StrictModel):
     test_unseen: NonNegativeInt = 100
 
 
-class ScenesSource(StrictModel):
+class _ObjectRange(StrictModel):
+    """How many objects a rendered scene holds, between one and the grid's nine cells."""
+
+    min_objects: Annotated[int, Field(ge=1, le=9)] = 1
+    max_objects: Annotated[int, Field(ge=1, le=9)] = 5
+
+    @model_validator(mode="after")
+    def _objects_range(self) -> _ObjectRange:
+        if self.min_objects > self.max_objects:
+            raise ValueError(
+                f"min_objects ({self.min_objects}) exceeds max_objects ({self.max_objects})"
+            )
+        return self
+
+
+class ScenesSource(_ObjectRange):
     """Rendered scenes with known scene graphs: the offline pool and scenes-bench ground truth."""
 
     kind: Literal["scenes"] = "scenes"
     seed: int = 0
     image_size: Annotated[int, Field(ge=28, le=2048)] = 112
     counts: SceneCounts = SceneCounts()
-    min_objects: Annotated[int, Field(ge=1, le=9)] = 1
-    max_objects: Annotated[int, Field(ge=1, le=9)] = 5
-
-    @model_validator(mode="after")
-    def _objects_range(self) -> ScenesSource:
-        if self.min_objects > self.max_objects:
-            raise ValueError(
-                f"min_objects ({self.min_objects}) exceeds max_objects ({self.max_objects})"
-            )
-        return self
 
 
 class FolderSource(StrictModel):
@@ -138,7 +143,7 @@ class ImagesConfig(StrictModel):
 # --------------------------------------------------------------------------- backbone
 
 
-class VisionPretrainConfig(StrictModel):
+class VisionPretrainConfig(_ObjectRange):
     """Supervised pretraining of the tiny backbone's vision tower on freshly rendered scenes
     (:mod:`muco.model.vision_pretraining`); ``steps: 0`` keeps the random tower."""
 
@@ -150,16 +155,7 @@ class VisionPretrainConfig(StrictModel):
     image_size: Annotated[int, Field(ge=48)] = 112
     # Two or more objects: such a scene never renders the same pixels as a benchmark image.
     min_objects: Annotated[int, Field(ge=1, le=9)] = 2
-    max_objects: Annotated[int, Field(ge=1, le=9)] = 5
     validation_scenes: PositiveInt = 256
-
-    @model_validator(mode="after")
-    def _object_range(self) -> VisionPretrainConfig:
-        if self.min_objects > self.max_objects:
-            raise ValueError(
-                f"min_objects ({self.min_objects}) exceeds max_objects ({self.max_objects})"
-            )
-        return self
 
 
 class TinyBackboneConfig(StrictModel):

@@ -104,6 +104,10 @@ def _scenes(cfg: VisionPretrainConfig, start: int, count: int) -> list[scenes.Sc
     ]
 
 
+def _rendered(cfg: VisionPretrainConfig, batch: Sequence[scenes.Scene]) -> list:
+    return [scenes.render_scene(scene, cfg.image_size) for scene in batch]
+
+
 def _loss(logits: dict[str, Tensor], labels: dict[str, Tensor]) -> Tensor:
     """Mean over attributes of the cross-entropy over every (image, cell)."""
     terms = [
@@ -130,9 +134,8 @@ def _pretrain(
     model: PreTrainedModel, image_processor: object, cfg: VisionPretrainConfig
 ) -> PretrainReport:
     visual = model.model.visual
-    probe = _visual_features(
-        model, image_processor, [scenes.render_scene(s, cfg.image_size) for s in _scenes(cfg, 0, 1)]
-    )
+    with torch.no_grad():  # one image, only to size the head
+        probe = _visual_features(model, image_processor, _rendered(cfg, _scenes(cfg, 0, 1)))
     head = _CellHead(probe.shape[1])
     optimizer = torch.optim.AdamW([*visual.parameters(), *head.parameters()], lr=cfg.lr)
     was_training = model.training
@@ -140,8 +143,8 @@ def _pretrain(
     loss = torch.tensor(float("nan"))
     for step in range(cfg.steps):
         batch = _scenes(cfg, step * cfg.batch_size, cfg.batch_size)
-        images = [scenes.render_scene(scene, cfg.image_size) for scene in batch]
-        loss = _loss(head(_visual_features(model, image_processor, images)), cell_labels(batch))
+        features = _visual_features(model, image_processor, _rendered(cfg, batch))
+        loss = _loss(head(features), cell_labels(batch))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -149,8 +152,7 @@ def _pretrain(
     seen = cfg.steps * cfg.batch_size
     validation = _scenes(cfg, seen, cfg.validation_scenes)
     with torch.no_grad():
-        images = [scenes.render_scene(scene, cfg.image_size) for scene in validation]
-        logits = head(_visual_features(model, image_processor, images))
+        logits = head(_visual_features(model, image_processor, _rendered(cfg, validation)))
     labels = cell_labels(validation)
     occupied = labels["shape"] > 0
     accuracy = {
