@@ -54,8 +54,16 @@ def load_backbone(
         raise ValueError(
             f"{source}: model_type {config.model_type!r} is not one of {SUPPORTED_MODEL_TYPES}"
         )
+    # use_kernels=False: transformers (5.x, with the `kernels` package it depends on) otherwise
+    # swaps layers for kernels downloaded from the hub on the first train()/eval() on a GPU:
+    # code fetched at run time, which fails offline and makes results depend on what the hub
+    # serves that day.
     model = AutoModelForImageTextToText.from_pretrained(
-        source, config=config, dtype=_DTYPES[dtype], attn_implementation=attn_implementation
+        source,
+        config=config,
+        dtype=_DTYPES[dtype],
+        attn_implementation=attn_implementation,
+        use_kernels=False,
     )
     tokenizer = AutoTokenizer.from_pretrained(source)
     image_processor = build_image_processor(min_pixels, max_pixels)

@@ -74,6 +74,16 @@ def test_save_and_load_round_trip_gives_identical_outputs(tiny_dir: Path, tmp_pa
     assert config["processor_class"] == "Qwen2VLProcessor"
 
 
+def test_loaded_models_never_fetch_hub_kernels(tiny_dir: Path) -> None:
+    # transformers turns hub kernels on by default; on a GPU the first train()/eval() would
+    # then download layer code, which an offline run cannot do and a reproducible one must not.
+    model = load_backbone(tiny_dir).model
+    assert model.use_kernels is False
+    model.train()
+    model.eval()
+    assert model.use_kernels is False
+
+
 def test_same_seed_gives_identical_weights_and_tokenizer(tmp_path: Path) -> None:
     a = prepare_backbone(_config(seed=3), tmp_path / "a")
     b = prepare_backbone(_config(seed=3), tmp_path / "b")
