@@ -63,7 +63,7 @@ def tiny_model_config(
         "max_position_embeddings": 4096,
         "rope_parameters": {
             "rope_type": "default",
-            "rope_theta": 1_000_000.0,
+            "rope_theta": cfg.rope_theta,
             "mrope_section": mrope_section,
         },
         "bos_token_id": token_ids[PAD_TOKEN],

@@ -155,22 +155,37 @@ def test_non_qwen_checkpoint_is_rejected(tmp_path: Path) -> None:
         load_backbone(tmp_path)
 
 
+_TOKEN_IDS = {
+    token: index
+    for index, token in enumerate(
+        [
+            "<|endoftext|>",
+            "<|im_end|>",
+            "<|image_pad|>",
+            "<|video_pad|>",
+            "<|vision_start|>",
+            "<|vision_end|>",
+        ]
+    )
+}
+
+
 def test_vision_mlp_ratio_reaches_the_model_config() -> None:
     from muco.model.tiny import tiny_model_config
 
-    ids = {
-        t: i
-        for i, t in enumerate(
-            [
-                "<|endoftext|>",
-                "<|im_end|>",
-                "<|image_pad|>",
-                "<|video_pad|>",
-                "<|vision_start|>",
-                "<|vision_end|>",
-            ]
-        )
-    }
-    config = tiny_model_config(TinyBackboneConfig(vision_mlp_ratio=4), ids, 1024)
+    config = tiny_model_config(TinyBackboneConfig(vision_mlp_ratio=4), _TOKEN_IDS, 1024)
     assert config.vision_config.mlp_ratio == 4
-    assert tiny_model_config(TinyBackboneConfig(), ids, 1024).vision_config.mlp_ratio == 2
+    assert tiny_model_config(TinyBackboneConfig(), _TOKEN_IDS, 1024).vision_config.mlp_ratio == 2
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_rope_theta_sets_the_language_models_rotary_frequencies(family: str) -> None:
+    from muco.model.tiny import build_tiny_model
+
+    cfg = TinyBackboneConfig(family=family, hidden_size=64, num_heads=2, rope_theta=10.0)
+    model = build_tiny_model(cfg, _TOKEN_IDS, 1024)
+    head_dim = 32
+    expected = 10.0 ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    torch.testing.assert_close(model.model.language_model.rotary_emb.inv_freq, expected)
+    default = build_tiny_model(TinyBackboneConfig(family=family), _TOKEN_IDS, 1024)
+    assert default.config.text_config.rope_parameters["rope_theta"] == 1_000_000.0
