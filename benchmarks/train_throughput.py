@@ -33,8 +33,9 @@ overhead (buckets, partition bookkeeping), not the memory a multi-GPU run would 
     .venv/bin/python benchmarks/train_throughput.py --size 2b       # Qwen2-VL-2B shape, GPU
 
 ``--size 2b`` builds a backbone with Qwen2-VL-2B's shapes and random weights (the tokenizer and
-its small vocabulary stay the tiny one's) and trains it the reference way (LoRA, frozen vision
-tower, bf16, gradient checkpointing); it needs CUDA. Results go to
+its small vocabulary stay the tiny one's), renders 448-pixel scenes under the reference's pixel
+limits (256 visual tokens each) and trains it the reference way (LoRA, frozen vision tower,
+bf16, gradient checkpointing); it needs CUDA. Results go to
 ``benchmarks/results/train_throughput.json`` (or ``train_throughput_2b.json``). The exit code is
 0 whatever the verdict: this is a measurement, and the verdict is printed.
 """
@@ -94,6 +95,12 @@ QWEN2_VL_2B = TinyBackboneConfig(
     vision_num_heads=16,
     vision_mlp_ratio=4,
 )
+# The reference's image processor limits (METHODS.md §1): 256 to 1280 patches of 28 x 28 pixels.
+# A 448-pixel scene is exactly the minimum, 256 visual tokens, as real training images give at
+# least; the tiny profile's 112-pixel scenes and 16 tokens would understate the image's share.
+# The weights are stored and loaded in bf16, as the reference loads its backbone.
+REFERENCE_2B = {"min_pixels": 256 * 28 * 28, "max_pixels": 1280 * 28 * 28, "dtype": "bfloat16"}
+DEFAULT_IMAGE_SIZE = {"tiny": 112, "2b": 448}
 
 # Runs inside each measured child: reports the child's own peak memory at exit (a parent's
 # RUSAGE_CHILDREN is the maximum over every child so far, so it cannot separate the runs).
@@ -149,7 +156,7 @@ def build_workspace(root: Path, scenes: int, image_size: int, size: str) -> Back
     synthesize(root / "images", root / "m3t", synth, build_generator(synth), root / "cache")
     backbone = load_params(REPO / "params.yaml").backbone
     if size == "2b":
-        backbone = backbone.model_copy(update={"tiny": QWEN2_VL_2B})
+        backbone = backbone.model_copy(update={"tiny": QWEN2_VL_2B, **REFERENCE_2B})
     prepare_backbone(backbone, root / "backbone")
     return backbone
 
@@ -275,7 +282,10 @@ def run_training(
         str(root / "backbone"),
     ]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(PYTHONPATH=str(REPO), MUCO_BENCH_PEAK_FILE=str(peak_file))
+    # The repository first, then whatever the caller had on PYTHONPATH (an environment's
+    # extra site folder, say).
+    python_path = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(PYTHONPATH=python_path, MUCO_BENCH_PEAK_FILE=str(peak_file))
     if threads is not None:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     started = time.perf_counter()
@@ -287,6 +297,8 @@ def run_training(
         raise RuntimeError(
             f"train run {spec.name} failed (exit {result.returncode}):\n{result.stderr[-4000:]}"
         )
+    # The run's final checkpoint is never resumed here, and at 2B it is gigabytes per run.
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     with (run_dir / "metrics" / "train_log.csv").open() as handle:
         log = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
     return {
@@ -517,7 +529,9 @@ def main() -> int:
         help="OpenMP threads per training process (default 1 on CPU, torch's choice on a GPU)",
     )
     parser.add_argument("--scenes", type=int, default=64, help="training scenes (= records)")
-    parser.add_argument("--image-size", type=int, default=112, help="scene side in pixels")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="scene side in pixels (112 tiny, 448 2b)"
+    )
     parser.add_argument(
         "--records-per-step", type=int, default=8, help="MuCo global batch in records (G)"
     )
@@ -533,6 +547,7 @@ def main() -> int:
     if args.size == "2b" and not torch.cuda.is_available():
         parser.error("--size 2b needs a CUDA GPU (torch.cuda.is_available() is false)")
     args.steps = args.steps or (8 if args.size == "2b" else 10)
+    args.image_size = args.image_size or DEFAULT_IMAGE_SIZE[args.size]
     if args.threads is None and not torch.cuda.is_available():
         args.threads = 1
     if args.repeats < 1:
