@@ -420,13 +420,23 @@ class _StageBase(StrictModel):
     micro_batch_size: PositiveInt | None = None
 
 
-class MucoStage(_StageBase):
+class _RecordStageBase(_StageBase):
+    """A stage over M3T records (MuCo stage 1 and its single-turn baseline)."""
+
+    # Project addition: each turn's ``neg_text`` joins the softmax as a hard negative (the
+    # reference's stage 1 uses none). M3T's negatives are wrong answers about the same image
+    # (a colour another object shows, the object in the next cell), so only reading the
+    # right part of the image separates them from the positive.
+    hard_negatives: bool = False
+
+
+class MucoStage(_RecordStageBase):
     """MuCo stage 1 (METHODS.md §1): ``turns`` turns of a record in one multi-turn sequence."""
 
     method: Literal["muco"] = "muco"
 
 
-class SingleTurnStage(_StageBase):
+class SingleTurnStage(_RecordStageBase):
     """The VLM2Vec-style baseline: each turn its own query/target pair (k = 1)."""
 
     method: Literal["single_turn"]

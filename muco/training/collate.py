@@ -9,7 +9,7 @@ the per-embedding lists here (image ids, target texts) follow that order exactly
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -29,7 +29,9 @@ class CollatedBatch:
     that side has an image. ``query_image_ids[j]`` / ``target_image_ids[j]`` identify the image
     behind the j-th embedding (the logit mask compares them), ``target_texts[j]`` is the raw
     positive text behind the j-th target embedding (for the duplicate-text mask); each has
-    ``pairs`` = Σ turns entries.
+    ``pairs`` = Σ turns entries. With hard negatives packed, ``negative`` is the text-only
+    processor batch of the negative sequences and ``negative_texts[j]`` the raw text behind its
+    j-th embedding (one per pair, same order); otherwise None and empty.
     """
 
     query: BatchFeature
@@ -38,6 +40,8 @@ class CollatedBatch:
     target_image_ids: list[str]
     target_texts: list[str]
     pairs: int
+    negative: BatchFeature | None = None
+    negative_texts: list[str] = field(default_factory=list)
 
 
 VISION_KEEPALIVE_TEXT = f"<|im_start|>user\n{IMAGE_PLACEHOLDER}<|im_end|>"
@@ -66,8 +70,14 @@ class Collator:
     def __call__(self, samples: Sequence[PackedSample]) -> CollatedBatch:
         if not samples:
             raise ValueError("cannot collate an empty batch")
-        query = self._encode(samples, "query")
-        target = self._encode(samples, "target")
+        query = self._encode(samples, "query", [s.query_text for s in samples], "query_image")
+        target = self._encode(samples, "target", [s.target_text for s in samples], "target_image")
+        negative = None
+        negative_texts = [s.negative_text for s in samples]
+        if any(text is not None for text in negative_texts):
+            if None in negative_texts:
+                raise ValueError("some samples of the batch have hard negatives and some not")
+            negative = self._encode(samples, "negative", negative_texts, None)
         # Each target belongs to its record's query image: the mask identity is the same.
         image_ids = [s.image_id for s in samples for _ in range(s.turns)]
         return CollatedBatch(
@@ -77,14 +87,21 @@ class Collator:
             target_image_ids=list(image_ids),
             target_texts=[text for s in samples for text in s.target_texts],
             pairs=len(image_ids),
+            negative=negative,
+            negative_texts=[text for s in samples for text in s.negative_texts],
         )
 
-    def _encode(self, samples: Sequence[PackedSample], side: str) -> BatchFeature:
+    def _encode(
+        self,
+        samples: Sequence[PackedSample],
+        side: str,
+        texts: Sequence[str],
+        image_field: str | None,
+    ) -> BatchFeature:
+        """One side's processor batch; ``image_field`` names the sample's image (None: text)."""
+        images = [(getattr(s, image_field) if image_field else None, s.image_id) for s in samples]
         features = process_texts(
-            self.processor,
-            [getattr(s, f"{side}_text") for s in samples],
-            [(getattr(s, f"{side}_image"), s.image_id) for s in samples],
-            always_run_vision=self.always_run_vision,
+            self.processor, texts, images, always_run_vision=self.always_run_vision
         )
         if self.max_length is not None:
             lengths = features["attention_mask"].sum(dim=1).tolist()
@@ -127,8 +144,9 @@ def process_texts(
 
 
 def count_tokens(batch: CollatedBatch) -> int:
-    """Non-padding tokens of both sides (image tokens included), for throughput logging."""
-    return int(batch.query["attention_mask"].sum() + batch.target["attention_mask"].sum())
+    """Non-padding tokens of every side (image tokens included), for throughput logging."""
+    sides = [batch.query, batch.target] + ([batch.negative] if batch.negative is not None else [])
+    return int(sum(side["attention_mask"].sum() for side in sides))
 
 
 def _load_image(path: Path, image_id: str) -> Image.Image:

@@ -135,6 +135,8 @@ def muco_loss(
     temperature: float = MUCO_TEMPERATURE,
     symmetric: bool = False,
     extra_mask: Tensor | None = None,
+    hard_negatives: Tensor | None = None,
+    negative_mask: Tensor | None = None,
 ) -> Tensor:
     """MuCo stage-1 multi-turn InfoNCE (METHODS.md §1).
 
@@ -142,6 +144,11 @@ def muco_loss(
     image-major and turn-minor, so ``N = images × k``. Targets of the query's own image other
     than the positive are masked (:func:`same_image_mask`). The single-turn (VLM2Vec-style)
     baseline is this loss with k = 1, where nothing is masked unless an image repeats.
+
+    With ``hard_negatives`` (a project addition: the reference's stage 1 uses none) each query's
+    softmax runs over ``cat(targets, hard_negatives)``; the negatives of the query's own image
+    stay in it (they are wrong answers about that image, the point of having them), unless
+    ``negative_mask`` removes them.
 
     Args:
         query_emb: ``(N, D)`` L2-normalised query embeddings (gathered over ranks, if any).
@@ -153,20 +160,32 @@ def muco_loss(
             ``(L_qt + L_tq) / 2``; the reference is query→target only (the default).
         extra_mask: optional ``(N, N)`` bool, OR-ed into the mask (for instance
             :func:`duplicate_text_mask`).
+        hard_negatives: optional ``(M, D)`` L2-normalised extra candidates for every query.
+        negative_mask: optional ``(N, M)`` bool, True removes a negative from that query's
+            softmax (for instance one whose text equals the query's positive).
 
     Returns:
-        Scalar loss.
+        Scalar loss. The symmetric term, if on, runs over the targets only.
     """
     if query_emb.shape[0] != target_emb.shape[0]:
         raise ValueError(
             f"{query_emb.shape[0]} queries but {target_emb.shape[0]} targets; "
             "muco_loss pairs query i with target i"
         )
+    if negative_mask is not None and hard_negatives is None:
+        raise ValueError("negative_mask given without hard_negatives")
     positives = torch.arange(query_emb.shape[0], device=query_emb.device)
     mask = same_image_mask(query_image_ids, target_image_ids, positives)
     if extra_mask is not None:
         mask = mask | extra_mask.to(mask.device)
-    loss = info_nce(query_emb, target_emb, positives, temperature, mask)
+    if hard_negatives is None:
+        loss = info_nce(query_emb, target_emb, positives, temperature, mask)
+    else:
+        if negative_mask is None:
+            negative_mask = mask.new_zeros((mask.shape[0], hard_negatives.shape[0]))
+        candidates = torch.cat([target_emb, hard_negatives])
+        full_mask = torch.cat([mask, negative_mask.to(mask.device)], dim=1)
+        loss = info_nce(query_emb, candidates, positives, temperature, full_mask)
     if not symmetric:
         return loss
     reverse = info_nce(target_emb, query_emb, positives, temperature, mask.T)

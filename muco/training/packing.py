@@ -34,6 +34,8 @@ class PackedSample:
     ``target_texts[i]`` its raw positive text; the i-th ``<|emb|>`` of the query is the positive
     of the i-th ``<|emb|>`` of the target. ``image_id`` is the query image's content hash: the
     loss masks all targets of the same image, not only those of the same sample (METHODS.md §1).
+    With hard negatives packed, ``negative_text`` holds the turns' ``neg_text`` in the same
+    order and template as the target (text only) and ``negative_texts`` the raw texts.
     """
 
     query_text: str
@@ -44,16 +46,23 @@ class PackedSample:
     turn_order: tuple[int, ...]
     target_texts: tuple[str, ...]
     turns: int
+    negative_text: str | None = None
+    negative_texts: tuple[str, ...] = ()
 
 
 def pack_multi_turn(
-    record: dict[str, Any], image_root: Path, turns: int, rng: np.random.Generator
+    record: dict[str, Any],
+    image_root: Path,
+    turns: int,
+    rng: np.random.Generator,
+    negatives: bool = False,
 ) -> PackedSample:
     """MuCo stage-1 packing of one record (a row of :data:`muco.records.RECORD_SCHEMA`).
 
     Picks ``turns`` of the record's turns in random order (a random subset when it has more),
-    one random query paraphrase per turn, and applies the same order to the positive texts.
-    Raises ``ValueError`` naming the record when it has fewer than ``turns`` turns.
+    one random query paraphrase per turn, and applies the same order to the positive texts (and
+    with ``negatives`` to the hard-negative texts). Raises ``ValueError`` naming the record when
+    it has fewer than ``turns`` turns, or a turn lacks its negative.
     """
     available = len(record["pos_text"])
     if available < turns:
@@ -64,6 +73,7 @@ def pack_multi_turn(
     positives = tuple(record["pos_text"][i] for i in order)
     query_image = _image(record["qry_image_path"], image_root)
     target_image = _image(record["pos_image_path"], image_root)
+    hard = tuple(_negative(record, i) for i in order) if negatives else ()
     return PackedSample(
         query_text=templates.multi_turn(queries, has_image=query_image is not None),
         target_text=templates.multi_turn(positives, has_image=target_image is not None),
@@ -73,16 +83,19 @@ def pack_multi_turn(
         turn_order=order,
         target_texts=positives,
         turns=turns,
+        negative_text=templates.multi_turn(hard, has_image=False) if negatives else None,
+        negative_texts=hard,
     )
 
 
 def pack_single_turn(
-    record: dict[str, Any], image_root: Path, rng: np.random.Generator
+    record: dict[str, Any], image_root: Path, rng: np.random.Generator, negatives: bool = False
 ) -> list[PackedSample]:
     """The single-turn baseline: each turn of the record as its own sample, in record order.
 
     Each query is one random paraphrase of its turn in the single-turn template (with the
-    image); each target is the positive text in the single-turn template.
+    image); each target is the positive text in the single-turn template, and so is each hard
+    negative with ``negatives``.
     """
     query_image = _image(record["qry_image_path"], image_root)
     target_image = _image(record["pos_image_path"], image_root)
@@ -92,6 +105,7 @@ def pack_single_turn(
         zip(record["qry"], record["pos_text"], strict=True)
     ):
         query = _paraphrase(paraphrases, rng)
+        hard = (_negative(record, turn),) if negatives else ()
         samples.append(
             PackedSample(
                 query_text=templates.single_turn(query, has_image=query_image is not None),
@@ -102,6 +116,8 @@ def pack_single_turn(
                 turn_order=(turn,),
                 target_texts=(positive,),
                 turns=1,
+                negative_text=templates.single_turn(hard[0], has_image=False) if hard else None,
+                negative_texts=hard,
             )
         )
     return samples
@@ -114,7 +130,8 @@ class PackedDataset(torch.utils.data.Dataset[PackedSample]):
     per (record, turn), index ``record * turns + turn``; a record with more than ``turns`` turns
     contributes a random subset of them, drawn once per (seed, epoch, record) so that its
     ``turns`` indices cover distinct turns. Every record must have at least ``turns`` turns
-    (checked on construction; validation guarantees it).
+    (checked on construction; validation guarantees it). ``negatives`` packs each turn's
+    ``neg_text`` as well (:class:`PackedSample`).
     """
 
     def __init__(
@@ -124,6 +141,7 @@ class PackedDataset(torch.utils.data.Dataset[PackedSample]):
         mode: PackingMode = "multi_turn",
         turns: int = 7,
         seed: int = 0,
+        negatives: bool = False,
     ) -> None:
         if mode not in ("multi_turn", "single_turn"):
             raise ValueError(f"unknown packing mode {mode!r}")
@@ -134,6 +152,7 @@ class PackedDataset(torch.utils.data.Dataset[PackedSample]):
         self.mode = mode
         self.turns = turns
         self.seed = seed
+        self.negatives = negatives
         self.epoch = 0
         self._check_turn_counts()
 
@@ -150,7 +169,8 @@ class PackedDataset(torch.utils.data.Dataset[PackedSample]):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.mode == "multi_turn":
-            return pack_multi_turn(self._record(index), self.image_root, self.turns, rng)
+            record = self._record(index)
+            return pack_multi_turn(record, self.image_root, self.turns, rng, self.negatives)
         record_index, position = divmod(index, self.turns)
         record = self._record(record_index)
         available = len(record["pos_text"])
@@ -161,7 +181,7 @@ class PackedDataset(torch.utils.data.Dataset[PackedSample]):
             # so the record's `turns` samples agree on the subset.
             subset_rng = np.random.default_rng([self.seed, self.epoch, record_index, 1])
             turn = int(np.sort(subset_rng.choice(available, self.turns, replace=False))[position])
-        return pack_single_turn(record, self.image_root, rng)[turn]
+        return pack_single_turn(record, self.image_root, rng, self.negatives)[turn]
 
     def _record(self, index: int) -> dict[str, Any]:
         # Slicing the Arrow table keeps memory flat: a million-row M3T file is never expanded
@@ -181,6 +201,17 @@ class PackedDataset(torch.utils.data.Dataset[PackedSample]):
 
 def _paraphrase(paraphrases: list[str], rng: np.random.Generator) -> str:
     return paraphrases[int(rng.integers(len(paraphrases)))]
+
+
+def _negative(record: dict[str, Any], turn: int) -> str:
+    negatives = record.get("neg_text") or []
+    text = negatives[turn] if turn < len(negatives) else None
+    if not text:
+        raise ValueError(
+            f"record {_name(record)} has no hard negative (neg_text) for turn {turn}; "
+            "train with hard_negatives: false or synthesise negatives"
+        )
+    return text
 
 
 def _image(relative: str | None, image_root: Path) -> Path | None:

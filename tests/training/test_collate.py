@@ -120,6 +120,30 @@ def test_single_turn_samples_collate_to_one_pair_each(backbone: Backbone, tmp_pa
     assert batch.query["image_grid_thw"].shape == (TURNS, 3)
 
 
+def test_hard_negatives_are_a_third_text_only_side(backbone: Backbone, tmp_path: Path) -> None:
+    _write_image(tmp_path / "a.png", (80, 60), 0)
+    rng = np.random.default_rng(0)
+    with_negatives = [
+        pack_multi_turn(_record(tag, image), tmp_path, TURNS, rng, negatives=True)
+        for tag, image in (("a", "a.png"), ("t", ""))
+    ]
+    batch = Collator(backbone.processor)(with_negatives)
+    assert batch.negative is not None and "pixel_values" not in batch.negative
+    assert _emb_count(backbone, batch.negative["input_ids"]) == batch.pairs
+    assert batch.negative_texts == [t for s in with_negatives for t in s.negative_texts]
+    assert len(batch.negative_texts) == batch.pairs
+    sides = (batch.query, batch.target, batch.negative)
+    assert count_tokens(batch) == sum(int(side["attention_mask"].sum()) for side in sides)
+    # Under ZeRO-3 the text-only side still drives the vision tower (one keep-alive row).
+    zero3 = Collator(backbone.processor, always_run_vision=True)(with_negatives)
+    assert zero3.negative["input_ids"].shape[0] == 3
+    assert zero3.negative["image_grid_thw"].shape == (1, 3)
+    plain = pack_multi_turn(_record("b", "a.png"), tmp_path, TURNS, rng)
+    assert Collator(backbone.processor)([plain]).negative is None
+    with pytest.raises(ValueError, match="some samples of the batch have hard negatives"):
+        Collator(backbone.processor)([*with_negatives, plain])
+
+
 def test_missing_image_is_an_error_naming_path_and_image(
     backbone: Backbone, samples: list[PackedSample], tmp_path: Path
 ) -> None:

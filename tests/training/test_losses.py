@@ -120,6 +120,46 @@ def test_muco_loss_with_k_turns_masks_siblings() -> None:
     assert not torch.isclose(plain, expected)
 
 
+def test_muco_loss_with_hard_negatives_keeps_the_own_images_negatives() -> None:
+    k, images = 2, 2
+    queries, targets = _unit(images * k, 8, seed=21), _unit(images * k, 8, seed=22)
+    negatives = _unit(images * k, 8, seed=23)
+    image = [i // k for i in range(images * k)]
+    ids = [f"hash{i}" for i in image]
+    # Columns: the 4 targets (siblings at -inf), then all 4 negatives, the own image's included.
+    logits = torch.cat([queries @ targets.T, queries @ negatives.T], dim=1) / TAU
+    for i in range(4):
+        for j in range(4):
+            if i != j and image[i] == image[j]:
+                logits[i, j] = float("-inf")
+    expected = F.cross_entropy(logits, torch.arange(4))
+    loss = muco_loss(queries, targets, ids, ids, TAU, hard_negatives=negatives)
+    torch.testing.assert_close(loss, expected)
+    assert not torch.isclose(loss, muco_loss(queries, targets, ids, ids, TAU))
+
+
+def test_muco_loss_negative_mask_removes_a_negative_by_hand() -> None:
+    # One query, one target, two negatives; τ = 0.5 so logits = 2·(q·c).
+    query = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    target = torch.tensor([[0.6, 0.8]], dtype=torch.float64)
+    negatives = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    both = -1.2 + math.log(math.exp(1.2) + math.exp(2.0) + math.exp(0.0))
+    second_only = -1.2 + math.log(math.exp(1.2) + math.exp(0.0))
+    loss = muco_loss(query, target, ["a"], ["a"], 0.5, hard_negatives=negatives)
+    assert loss.item() == pytest.approx(both)
+    mask = torch.tensor([[True, False]])
+    masked = muco_loss(
+        query, target, ["a"], ["a"], 0.5, hard_negatives=negatives, negative_mask=mask
+    )
+    assert masked.item() == pytest.approx(second_only)
+
+
+def test_muco_loss_negative_mask_needs_negatives() -> None:
+    queries = _unit(2, 4, seed=24)
+    with pytest.raises(ValueError, match="without hard_negatives"):
+        muco_loss(queries, queries, ["a", "b"], ["a", "b"], TAU, negative_mask=torch.zeros(2, 2))
+
+
 def test_symmetric_muco_loss_averages_both_directions() -> None:
     queries, targets = _unit(6, 8, seed=9), _unit(6, 8, seed=10)
     image = [0, 0, 1, 1, 2, 2]

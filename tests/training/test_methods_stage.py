@@ -83,6 +83,19 @@ def _needs_teacher(method: str) -> None:
         pytest.importorskip("sentence_transformers")
 
 
+def test_muco_and_single_turn_train_with_hard_negatives(training_workspace: Path) -> None:
+    stages = [
+        {"method": "muco", "hard_negatives": True, "max_steps": 1},
+        {"method": "single_turn", "hard_negatives": True, "max_steps": 1},
+    ]
+    run = _run(training_workspace, "hard_negatives", stages)
+    metrics = json.loads((run / "train.json").read_text())
+    assert metrics["stages"] == ["muco", "single_turn"] and metrics["steps"] == 2
+    assert np.isfinite(metrics["first_loss"]) and np.isfinite(metrics["final_loss"])
+    vectors = Embedder.from_pretrained(run / "model", **PIXELS).encode([EmbedInput(text="red")])
+    assert vectors.shape == (1, 32)
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_each_method_trains_and_exports(training_workspace: Path, method: str) -> None:
     _needs_teacher(method)

@@ -93,6 +93,35 @@ def test_muco_stage2_samples_and_loss(training_workspace: Path, backbone: Backbo
     torch.testing.assert_close(loss, expected)
 
 
+def test_muco_hard_negatives_join_every_querys_softmax(
+    training_workspace: Path, backbone: Backbone
+) -> None:
+    objective = _objective(training_workspace, backbone, {"method": "muco", "hard_negatives": True})
+    samples = [objective[i] for i in (0, 1)]
+    chunk = objective.collate(samples)
+    assert chunk.negative is not None and len(chunk.negative_texts) == chunk.pairs == 14
+
+    q, t, n = _unit(14, 6, seed=4), _unit(14, 6, seed=5), _unit(14, 6, seed=6)
+    loss = objective.loss([chunk])(q, t, n)
+    # Columns: 14 targets, then 14 negatives. Siblings (same image, other turn) and texts equal
+    # to the positive are masked; the own image's negatives stay.
+    logits = torch.cat([q @ t.T, q @ n.T], dim=1) / 0.02
+    ids, texts, negatives = chunk.query_image_ids, chunk.target_texts, chunk.negative_texts
+    for i in range(14):
+        for j in range(14):
+            same_text = texts[i].lower() == texts[j].lower()
+            if i != j and (ids[i] == ids[j] or same_text):
+                logits[i, j] = float("-inf")
+            if texts[i].lower() == negatives[j].lower():
+                logits[i, 14 + j] = float("-inf")
+    expected = F.cross_entropy(logits, torch.arange(14))
+    torch.testing.assert_close(loss, expected)
+    without = _objective(training_workspace, backbone, {"method": "muco"})
+    plain = without.collate([without[i] for i in (0, 1)])
+    assert plain.negative is None
+    assert not torch.isclose(without.loss([plain])(q, t), loss)
+
+
 def test_coma_compress_labels_and_mask(training_workspace: Path, backbone: Backbone) -> None:
     objective = _objective(
         training_workspace, backbone, {"method": "coma_compress", "compression_tokens": 4}

@@ -185,3 +185,36 @@ def test_unknown_mode_is_rejected(tmp_path: Path) -> None:
     write_shards([_record("a")], tmp_path, shard_size=10)
     with pytest.raises(ValueError, match="unknown packing mode 'pairs'"):
         PackedDataset(tmp_path, ROOT, mode="pairs")  # type: ignore[arg-type]
+
+
+def test_hard_negatives_follow_the_turn_order_of_the_targets() -> None:
+    row = _record("a").to_row()
+    plain = pack_multi_turn(row, ROOT, 7, np.random.default_rng(1))
+    sample = pack_multi_turn(row, ROOT, 7, np.random.default_rng(1), negatives=True)
+    # The same draws: packing negatives changes nothing else about the sample.
+    assert (sample.query_text, sample.target_text) == (plain.query_text, plain.target_text)
+    assert plain.negative_text is None and plain.negative_texts == ()
+    order = list(sample.turn_order)
+    assert _markers(sample.negative_text, "N") == order
+    assert sample.negative_texts == tuple(f"N{i}" for i in order)
+    negatives = [f"N{i}" for i in order]
+    assert sample.negative_text == templates.multi_turn(negatives, has_image=False)
+
+
+def test_single_turn_hard_negative_is_its_turns_negative() -> None:
+    samples = pack_single_turn(_record("a").to_row(), ROOT, np.random.default_rng(0), True)
+    for turn, sample in enumerate(samples):
+        assert sample.negative_texts == (f"N{turn}",)
+        assert sample.negative_text == templates.single_turn(f"N{turn}", has_image=False)
+
+
+def test_a_missing_hard_negative_names_the_record_and_turn(tmp_path: Path) -> None:
+    row = _record("a").to_row()
+    row["neg_text"] = [*row["neg_text"][:3], "", *row["neg_text"][4:]]
+    for seed in range(20):  # whichever order the draw gives, turn 3 is among the 7
+        with pytest.raises(ValueError, match=r"record rec-a has no hard negative .* turn 3"):
+            pack_multi_turn(row, ROOT, 7, np.random.default_rng(seed), negatives=True)
+    assert pack_multi_turn(row, ROOT, 7, np.random.default_rng(0)).negative_text is None
+    write_shards([_record("b")], tmp_path, shard_size=10)
+    dataset = PackedDataset(tmp_path, ROOT, mode="single_turn", turns=7, negatives=True)
+    assert [dataset[i].negative_texts for i in range(7)] == [(f"N{i}",) for i in range(7)]

@@ -51,10 +51,18 @@ def test_stage_overrides_resolve_into_consecutive_step_ranges() -> None:
     assert cfg.stages[2].compression_tokens == 32 and cfg.stages[2].block_image
 
 
+def test_hard_negatives_are_a_switch_of_the_record_stages() -> None:
+    stages = [{"method": "muco", "hard_negatives": True}, {"method": "single_turn"}]
+    plan = parse_params({"train": {"stages": stages}}).train.plan()
+    assert [p.config.hard_negatives for p in plan] == [True, False]
+    assert MucoStage().hard_negatives is False
+
+
 @pytest.mark.parametrize(
     ("stages", "message"),
     [
         ([{"method": "unime_hard_negative", "margn": 0.2}], "train.stages.0."),
+        ([{"method": "muco_stage2", "hard_negatives": True}], "hard_negatives"),
         (["nope"], "does not match any of the expected tags"),
         ([], "at least one stage"),
         (["single_turn", {"method": "muco", "micro_batch_size": 3}], r"stage 1, muco"),

@@ -3,7 +3,8 @@
 Stage 1 is exactly the loop's original computation: records packed by
 :class:`muco.training.packing.PackedDataset`, collated by :class:`muco.training.collate.Collator`,
 InfoNCE over the gathered batch with the same-image (and duplicate-text) mask, through
-:func:`muco.training.feature_cache.cached_backward`.
+:func:`muco.training.feature_cache.cached_backward_sides`. With the stage's ``hard_negatives``
+each turn's ``neg_text`` is encoded as a third, text-only side and joins every query's softmax.
 
 Stage 2 (guided in-context reconstruction) encodes three sides per pair: the query and the
 target in the two-``<|emb|>`` template of :mod:`muco.training.reconstruction` (each partner a
@@ -27,7 +28,7 @@ from muco.config import MucoReconstructionStage, StagePlan, TrainConfig
 from muco.model import templates
 from muco.training.collate import CollatedBatch, Collator, count_tokens
 from muco.training.distributed import gather_with_grad
-from muco.training.feature_cache import cached_backward
+from muco.training.feature_cache import cached_backward_sides
 from muco.training.losses import (
     duplicate_text_mask,
     muco_loss,
@@ -63,7 +64,15 @@ class MucoObjective(Objective):
     ) -> None:
         super().__init__(plan, cfg, zero3)
         mode = "single_turn" if plan.method == "single_turn" else "multi_turn"
-        self.dataset = PackedDataset(records, image_root, mode=mode, turns=cfg.turns, seed=cfg.seed)
+        self.hard_negatives = plan.config.hard_negatives
+        self.dataset = PackedDataset(
+            records,
+            image_root,
+            mode=mode,
+            turns=cfg.turns,
+            seed=cfg.seed,
+            negatives=self.hard_negatives,
+        )
         self.collator = Collator(processor, always_run_vision=zero3)
 
     def __len__(self) -> int:
@@ -80,28 +89,44 @@ class MucoObjective(Objective):
         return self.collator(samples)
 
     def step(self, engine: Any, chunks: Sequence[CollatedBatch]) -> Tensor:
-        return cached_backward(
-            lambda chunk: engine(**chunk.query),
-            lambda chunk: engine(**chunk.target),
-            chunks,
-            chunks,
-            self._loss(chunks),
-            backward=engine_backward(engine, calls=2 * len(chunks)),
+        encoders = [lambda chunk: engine(**chunk.query), lambda chunk: engine(**chunk.target)]
+        if self.hard_negatives:
+            encoders.append(lambda chunk: engine(**chunk.negative))
+        return cached_backward_sides(
+            encoders,
+            [chunks] * len(encoders),
+            self.loss(chunks),
+            backward=engine_backward(engine, calls=len(encoders) * len(chunks)),
         )
 
-    def _loss(self, chunks: Sequence[CollatedBatch]) -> Callable[[Tensor, Tensor], Tensor]:
+    def loss(self, chunks: Sequence[CollatedBatch]) -> Callable[..., Tensor]:
         cfg = self.cfg
         query_ids = gather_strings([i for c in chunks for i in c.query_image_ids])
         target_ids = gather_strings([i for c in chunks for i in c.target_image_ids])
         texts = gather_strings([t for c in chunks for t in c.target_texts])
+        negative_texts = gather_strings([t for c in chunks for t in c.negative_texts])
 
-        def loss(query: Tensor, target: Tensor) -> Tensor:
+        def loss(query: Tensor, target: Tensor, negative: Tensor | None = None) -> Tensor:
             query, target = gather_with_grad(query), gather_with_grad(target)
-            extra = None
+            extra = negative_mask = None
             if cfg.mask_duplicate_targets:
                 extra = duplicate_text_mask(texts, torch.arange(len(texts)))
+            if negative is not None:
+                negative = gather_with_grad(negative)
+                if cfg.mask_duplicate_targets:
+                    # Another record's negative that reads like this query's positive is not
+                    # a negative for it, as with duplicate targets.
+                    negative_mask = text_match_mask(texts, negative_texts)
             return muco_loss(
-                query, target, query_ids, target_ids, cfg.temperature, cfg.symmetric, extra
+                query,
+                target,
+                query_ids,
+                target_ids,
+                cfg.temperature,
+                cfg.symmetric,
+                extra,
+                hard_negatives=negative,
+                negative_mask=negative_mask,
             )
 
         return loss
