@@ -23,8 +23,6 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-QueryChunk = TypeVar("QueryChunk")
-TargetChunk = TypeVar("TargetChunk")
 Chunk = TypeVar("Chunk")
 
 
@@ -82,58 +80,35 @@ def _reencode_with_graph(
         backward((embedding * chunk_grad).sum())
 
 
-def cached_backward(
-    encode_query: Callable[[QueryChunk], Tensor],
-    encode_target: Callable[[TargetChunk], Tensor],
-    query_chunks: Sequence[QueryChunk],
-    target_chunks: Sequence[TargetChunk],
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    backward: Callable[[Tensor], None] = Tensor.backward,
-) -> Tensor:
-    """Accumulate parameter gradients of ``loss_fn`` over all chunks, one chunk graph at a time.
-
-    Args:
-        encode_query: maps a query chunk to its embeddings ``(n_c, D)``.
-        encode_target: maps a target chunk to its embeddings ``(m_c, D)``.
-        query_chunks: micro-batches of queries; their embeddings concatenate to ``(Nq, D)``.
-        target_chunks: micro-batches of targets; their embeddings concatenate to ``(Nt, D)``.
-        loss_fn: ``(Nq, D), (Nt, D) -> scalar``, e.g. :func:`muco.training.losses.muco_loss`
-            (it may all-gather with :func:`muco.training.distributed.gather_with_grad`).
-        backward: how to backpropagate a chunk's scalar surrogate; a DeepSpeed loop passes
-            ``engine.backward`` so that its hooks and loss scaling apply.
-
-    Returns:
-        The loss, detached.
-
-    The gradients match a computation that encodes the same chunks with a graph, queries first
-    and then targets, in order: each chunk's CPU and CUDA RNG state is saved before its no-grad
-    pass and restored for its re-run, so dropout draws identical masks. On return the RNG
-    continues from where the no-grad pass left it. Gradients accumulate into ``.grad``; the
-    caller zeroes them. :func:`cached_backward_sides` is the same for any number of sides.
-    """
-    return cached_backward_sides(
-        (encode_query, encode_target), (query_chunks, target_chunks), loss_fn, backward
-    )
-
-
 def cached_backward_sides(
     encoders: Sequence[Callable[[Chunk], Tensor]],
     chunk_lists: Sequence[Sequence[Chunk]],
     loss_fn: Callable[..., Tensor],
     backward: Callable[[Tensor], None] = Tensor.backward,
 ) -> Tensor:
-    """:func:`cached_backward` over any number of sides (MuCo stage 2 has three: queries,
-    targets and hard negatives).
+    """Accumulate parameter gradients of ``loss_fn`` over all chunks, one chunk graph at a time.
+
+    A side is one kind of sequence the loss compares: queries and targets in MuCo stage 1, plus
+    hard negatives when they are on and in stage 2.
 
     Args:
         encoders: one per side, mapping a chunk to its embeddings ``(n_c, D)``.
-        chunk_lists: one per side, that side's micro-batches (sides may differ in count).
+        chunk_lists: one per side, that side's micro-batches (sides may differ in count); their
+            embeddings concatenate to ``(N_s, D)``.
         loss_fn: ``(N_1, D), ..., (N_s, D) -> scalar``, the sides' concatenated embeddings in
-            side order.
-        backward: as in :func:`cached_backward`.
+            side order, e.g. :func:`muco.training.losses.muco_loss` (it may all-gather with
+            :func:`muco.training.distributed.gather_with_grad`).
+        backward: how to backpropagate a chunk's scalar surrogate; a DeepSpeed loop passes
+            ``engine.backward`` so that its hooks and loss scaling apply.
 
     Returns:
         The loss, detached. Sides are encoded in order, each chunk in order, in both passes.
+
+    The gradients match a computation that encodes the same chunks with a graph, side by side
+    and chunk by chunk in order: each chunk's CPU and CUDA RNG state is saved before its no-grad
+    pass and restored for its re-run, so dropout draws identical masks. On return the RNG
+    continues from where the no-grad pass left it. Gradients accumulate into ``.grad``; the
+    caller zeroes them.
     """
     if len(encoders) != len(chunk_lists):
         raise ValueError(f"{len(encoders)} encoders but {len(chunk_lists)} chunk lists")

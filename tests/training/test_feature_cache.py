@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from muco.training.feature_cache import cached_backward
+from muco.training.feature_cache import cached_backward_sides
 from muco.training.losses import muco_loss
 
 N, D_IN, D_OUT, K = 10, 6, 4, 2
@@ -67,12 +67,8 @@ def test_matches_chunkwise_graph_with_dropout() -> None:
         model.zero_grad()
 
     torch.manual_seed(0)
-    loss = cached_backward(
-        _encode(query_model),
-        _encode(target_model),
-        _chunks(queries),
-        _chunks(targets),
-        _loss,
+    loss = cached_backward_sides(
+        [_encode(query_model), _encode(target_model)], [_chunks(queries), _chunks(targets)], _loss
     )
     assert not loss.requires_grad
     torch.testing.assert_close(loss, reference_loss.detach(), atol=1e-10, rtol=0)
@@ -89,7 +85,7 @@ def test_matches_single_full_batch_forward_without_dropout() -> None:
     reference_grads = _gradients(model)
     model.zero_grad()
 
-    cached_backward(_encode(model), _encode(model), _chunks(queries), _chunks(targets), _loss)
+    cached_backward_sides([_encode(model)] * 2, [_chunks(queries), _chunks(targets)], _loss)
     _assert_same(_gradients(model), reference_grads)
 
 
