@@ -5,7 +5,7 @@ this same main; only rank 0 writes outputs). Writes the merged Hugging Face mode
 ``metrics/train.json`` (final loss, steps, throughput) and ``metrics/train_log.csv`` (one row
 per logged step, for ``dvc plots``). Checkpoints go to ``--checkpoints/<run key>``; rerunning
 the stage after an interruption resumes from the newest complete one, and a change of params,
-records or backbone starts a fresh run (see :func:`run_key`).
+records, backbone or training code starts a fresh run (see :func:`run_key`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+import muco
 from muco.config import Params, load_params, params_hash
 from muco.io import atomic_write_json, atomic_write_text
 from muco.stages import run_stage
@@ -28,6 +29,9 @@ from muco.training.launch import relaunch
 from muco.training.loop import train
 
 LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "pairs_per_s", "tokens_per_s")
+# The code that decides what a training step computes, relative to the muco package: the
+# train stage's code dependencies in dvc.yaml, less the stage main itself.
+TRAINING_CODE = ("training", "model", "config.py")
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
@@ -57,11 +61,27 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_key(params: Params, data: Path, backbone: Path) -> str:
-    """What a checkpoint may be resumed by: the same train and backbone params, the same
-    records (file bytes) and the same backbone files (names and sizes; hashing a 7B model's
-    bytes on every run would cost minutes). Anything else starts from scratch."""
+def training_code_digest(package: Path = Path(muco.__file__).parent) -> str:
+    """sha256 over the Python sources of :data:`TRAINING_CODE` under ``package`` (names and
+    bytes, in sorted order)."""
     digest = hashlib.sha256()
+    for name in TRAINING_CODE:
+        path = package / name
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            digest.update(f"{file.relative_to(package).as_posix()}\0".encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def run_key(params: Params, data: Path, backbone: Path, code: str | None = None) -> str:
+    """What a checkpoint may be resumed by: the same train and backbone params, the same
+    records (file bytes), the same backbone files (names and sizes; hashing a 7B model's
+    bytes on every run would cost minutes) and the same training code (``code``, by default
+    :func:`training_code_digest`). Anything else starts from scratch: resuming a finished
+    run after the loss changed would otherwise hand back the old model as the new one."""
+    digest = hashlib.sha256()
+    digest.update((code if code is not None else training_code_digest()).encode())
     digest.update(params_hash(params.train).encode())
     digest.update(params_hash(params.backbone).encode())
     for shard in sorted(Path(data).glob("*.parquet")):

@@ -9,8 +9,9 @@ Layout under the checkpoint root::
 A checkpoint is written under a temporary name and renamed into place only when every rank
 has finished writing, then ``latest`` moves; a run killed at any moment therefore resumes from
 the last complete checkpoint. ``trainer_state.json`` holds the step (which fixes the data
-position: batches are a pure function of seed and step); ``rng-rank-N.json`` holds each rank's
-RNG states (dropout draws differ per rank), as JSON.
+position: batches are a pure function of seed and step) and the logged history up to it, so a
+resumed run reports and plots the whole run; ``rng-rank-N.json`` holds each rank's RNG states
+(dropout draws differ per rank), as JSON.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import base64
 import json
 import random
 import shutil
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +36,12 @@ STATE_FILE = "trainer_state.json"
 
 @dataclass(frozen=True)
 class TrainerState:
-    """Where training stands: the next step to run and the RNG states at that point."""
+    """Where training stands: the next step to run, the RNG states at that point and the
+    entries logged before it (one dict per logged step, as :class:`TrainReport` keeps them)."""
 
     step: int
     rng: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -95,10 +99,18 @@ def latest_tag(root: Path) -> str | None:
     return tag if (Path(root) / tag / STATE_FILE).exists() else None
 
 
-def save_checkpoint(engine: Any, root: Path, step: int, keep_last: int, rank: int) -> Path:
+def save_checkpoint(
+    engine: Any,
+    root: Path,
+    step: int,
+    keep_last: int,
+    rank: int,
+    history: Sequence[dict[str, Any]] = (),
+) -> Path:
     """Save engine and trainer state for ``step`` atomically; keep the newest ``keep_last``.
 
-    Collective: every rank must call it (DeepSpeed writes each rank's partitions).
+    ``history`` is the run's logged entries so far (rank 0's are written). Collective: every
+    rank must call it (DeepSpeed writes each rank's partitions).
     """
     root = Path(root)
     tag = f"step-{step:06d}"
@@ -111,7 +123,7 @@ def save_checkpoint(engine: Any, root: Path, step: int, keep_last: int, rank: in
     atomic_write_json(staging / tag / f"rng-rank-{rank}.json", capture_rng())
     torch.distributed.barrier()
     if rank == 0:
-        atomic_write_json(staging / tag / STATE_FILE, {"step": step})
+        atomic_write_json(staging / tag / STATE_FILE, {"step": step, "history": list(history)})
         final = root / tag
         shutil.rmtree(final, ignore_errors=True)
         (staging / tag).rename(final)
@@ -138,4 +150,5 @@ def load_checkpoint(engine: Any, root: Path, rank: int) -> TrainerState | None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {root / tag}")
     state = json.loads((Path(root) / tag / STATE_FILE).read_text(encoding="utf-8"))
     rng = json.loads((Path(root) / tag / f"rng-rank-{rank}.json").read_text(encoding="utf-8"))
-    return TrainerState(step=state["step"], rng=rng)
+    # Checkpoints written before the history was kept resume with an empty one.
+    return TrainerState(step=state["step"], rng=rng, history=state.get("history", []))

@@ -47,7 +47,9 @@ LogFn = Callable[[dict], None]
 
 @dataclass
 class TrainReport:
-    """What a run did; ``history`` has one entry per logged step."""
+    """What a run did; ``history`` has one entry per logged step, those before a resume
+    included (restored from the checkpoint), while ``steps``, ``pairs``, ``tokens`` and
+    ``seconds`` count this process's work only."""
 
     steps: int = 0
     resumed_from: int = 0
@@ -227,6 +229,7 @@ def train(
     if state is not None:
         restore_rng(state.rng)
         report.resumed_from = state.step
+        report.history = list(state.history)
     total = cfg.total_steps
     started = time.perf_counter()
     board = _tensorboard(tensorboard_dir) if rank == 0 else None
@@ -283,7 +286,9 @@ def train(
                     if name not in ("step", "stage", "method"):
                         board.add_scalar(f"train/{name}", value, entry["step"])
         if (step + 1) % cfg.checkpoint.every_steps == 0 or last_of_stage:
-            save_checkpoint(engine, checkpoint_dir, step + 1, cfg.checkpoint.keep_last, rank)
+            save_checkpoint(
+                engine, checkpoint_dir, step + 1, cfg.checkpoint.keep_last, rank, report.history
+            )
     report.seconds = time.perf_counter() - started - building
     bar.close()
     if board is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -148,12 +149,42 @@ def test_killed_run_resumes_to_bitwise_identical_weights(
         check=True,
     )
     assert f"resumed from {int(latest[5:])}" in result.stdout
+    # The log and the metrics cover the whole run, the steps before the kill included.
+    assert _losses(workspace / "resumed") == _losses(uninterrupted)
+    assert _metrics(workspace / "resumed") == _metrics(uninterrupted)
 
     full = load_file(str(uninterrupted / "model" / "model.safetensors"))
     resumed = load_file(str(workspace / "resumed" / "model" / "model.safetensors"))
     assert full.keys() == resumed.keys()
     for name in full:
         assert np.array_equal(full[name], resumed[name]), name
+
+
+def _losses(run: Path) -> list[tuple[str, str]]:
+    """(step, loss) of every row of a run's log; the throughput columns differ between runs."""
+    rows = (run / "log.csv").read_text().splitlines()[1:]
+    return [tuple(row.split(",")[:2]) for row in rows]
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "train.json").read_text())
+
+
+def test_rerunning_a_finished_run_reports_the_whole_run(
+    workspace: Path, uninterrupted: Path
+) -> None:
+    shutil.copytree(uninterrupted / "checkpoints", workspace / "again" / "checkpoints")
+    result = subprocess.run(
+        _command(workspace, "again"),
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    assert "train: 0 steps (resumed from 6)" in result.stdout
+    assert _losses(workspace / "again") == _losses(uninterrupted)
+    assert _metrics(workspace / "again") == _metrics(uninterrupted)
 
 
 @pytest.mark.parametrize("mode", ["lora", "dora"])
@@ -190,3 +221,31 @@ def test_batches_cover_each_epoch_once_and_report_their_epoch() -> None:
     assert len(set(first_epoch.tolist())) == 8
     assert np.array_equal(batch_records(10, 4, seed=0, step=3)[1], steps[3][1])
     assert not np.array_equal(steps[0][1], steps[2][1])
+
+
+def test_run_key_follows_the_training_code(tmp_path: Path) -> None:
+    from muco.config import Params
+    from muco.stages.train import run_key, training_code_digest
+
+    package = tmp_path / "muco"
+    for name in ("training/loop.py", "training/objectives/muco.py", "model/tiny.py", "config.py"):
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(f"# {name}\n")
+    (package / "evaluation").mkdir()
+    (package / "evaluation" / "metrics.py").write_text("# metrics\n")
+    before = training_code_digest(package)
+    (package / "evaluation" / "metrics.py").write_text("# metrics, changed\n")
+    assert training_code_digest(package) == before  # evaluation code does not train
+    (package / "training" / "objectives" / "muco.py").write_text("# a new loss\n")
+    changed = training_code_digest(package)
+    assert changed != before
+
+    data, backbone = tmp_path / "data", tmp_path / "backbone"
+    data.mkdir()
+    backbone.mkdir()
+    params = Params()
+    assert run_key(params, data, backbone, before) == run_key(params, data, backbone, before)
+    assert run_key(params, data, backbone, before) != run_key(params, data, backbone, changed)
+    assert run_key(params, data, backbone) == run_key(
+        params, data, backbone, training_code_digest()
+    )
