@@ -70,14 +70,18 @@ class Collator:
     def __call__(self, samples: Sequence[PackedSample]) -> CollatedBatch:
         if not samples:
             raise ValueError("cannot collate an empty batch")
-        query = self._encode(samples, "query", [s.query_text for s in samples], "query_image")
-        target = self._encode(samples, "target", [s.target_text for s in samples], "target_image")
+        query = self._encode(
+            samples, "query", [s.query_text for s in samples], [s.query_image for s in samples]
+        )
+        target = self._encode(
+            samples, "target", [s.target_text for s in samples], [s.target_image for s in samples]
+        )
         negative = None
         negative_texts = [s.negative_text for s in samples]
         if any(text is not None for text in negative_texts):
             if None in negative_texts:
                 raise ValueError("some samples of the batch have hard negatives and some not")
-            negative = self._encode(samples, "negative", negative_texts, None)
+            negative = self._encode(samples, "negative", negative_texts, [None] * len(samples))
         # Each target belongs to its record's query image: the mask identity is the same.
         image_ids = [s.image_id for s in samples for _ in range(s.turns)]
         return CollatedBatch(
@@ -96,12 +100,14 @@ class Collator:
         samples: Sequence[PackedSample],
         side: str,
         texts: Sequence[str],
-        image_field: str | None,
+        images: Sequence[Path | None],
     ) -> BatchFeature:
-        """One side's processor batch; ``image_field`` names the sample's image (None: text)."""
-        images = [(getattr(s, image_field) if image_field else None, s.image_id) for s in samples]
+        """One side's processor batch: each sample's text with its image (None: text only)."""
         features = process_texts(
-            self.processor, texts, images, always_run_vision=self.always_run_vision
+            self.processor,
+            texts,
+            [(image, s.image_id) for image, s in zip(images, samples, strict=True)],
+            always_run_vision=self.always_run_vision,
         )
         if self.max_length is not None:
             lengths = features["attention_mask"].sum(dim=1).tolist()

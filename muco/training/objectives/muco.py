@@ -104,7 +104,11 @@ class MucoObjective(Objective):
         query_ids = gather_strings([i for c in chunks for i in c.query_image_ids])
         target_ids = gather_strings([i for c in chunks for i in c.target_image_ids])
         texts = gather_strings([t for c in chunks for t in c.target_texts])
-        negative_texts = gather_strings([t for c in chunks for t in c.negative_texts])
+        negative_texts = (
+            gather_strings([t for c in chunks for t in c.negative_texts])
+            if self.hard_negatives
+            else []
+        )
 
         def loss(query: Tensor, target: Tensor, negative: Tensor | None = None) -> Tensor:
             query, target = gather_with_grad(query), gather_with_grad(target)
