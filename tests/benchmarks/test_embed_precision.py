@@ -70,5 +70,6 @@ def test_the_script_compares_a_tiny_model_in_both_dtypes(
 
 
 def test_a_folder_without_images_is_an_error(script: ModuleType, tmp_path: Path) -> None:
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         script.main(["--model", str(tmp_path), "--images", str(tmp_path)])
+    assert exit_info.value.code == 2  # argparse's usage error, before any model is loaded

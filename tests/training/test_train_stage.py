@@ -80,6 +80,18 @@ def _environment() -> dict[str, str]:
     return {**env, "PYTHONPATH": str(REPO)}
 
 
+def _run_to_end(root: Path, run: str) -> subprocess.CompletedProcess[str]:
+    """The train stage for ``run`` in a child process, to the end; its output as text."""
+    return subprocess.run(
+        _command(root, run),
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(workspace: Path) -> Path:
     subprocess.run(
@@ -140,14 +152,7 @@ def test_killed_run_resumes_to_bitwise_identical_weights(
     latest = pointer.read_text().strip()
     assert latest in {"step-000002", "step-000004"}, latest
 
-    result = subprocess.run(
-        _command(workspace, "resumed"),
-        env=_environment(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
+    result = _run_to_end(workspace, "resumed")
     assert f"resumed from {int(latest[5:])}" in result.stdout
     # The log and the metrics cover the whole run, the steps before the kill included.
     assert _losses(workspace / "resumed") == _losses(uninterrupted)
@@ -174,14 +179,7 @@ def test_rerunning_a_finished_run_reports_the_whole_run(
     workspace: Path, uninterrupted: Path
 ) -> None:
     shutil.copytree(uninterrupted / "checkpoints", workspace / "again" / "checkpoints")
-    result = subprocess.run(
-        _command(workspace, "again"),
-        env=_environment(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
+    result = _run_to_end(workspace, "again")
     assert "train: 0 steps (resumed from 6)" in result.stdout
     assert _losses(workspace / "again") == _losses(uninterrupted)
     assert _metrics(workspace / "again") == _metrics(uninterrupted)
