@@ -434,6 +434,13 @@ class MucoStage(_RecordStageBase):
     """MuCo stage 1 (METHODS.md §1): ``turns`` turns of a record in one multi-turn sequence."""
 
     method: Literal["muco"] = "muco"
+    # How the target sequence's turns see each other. "causal" is the reference: target turn j
+    # sees targets < j. Project option "isolated": each target turn sees the system prompt and
+    # itself only, at the positions it would have alone, so its embedding is the single-turn
+    # embedding that evaluation compares against. Causal targets let the model match a query to
+    # the *scene* its earlier sibling targets describe (a caption lists every object), so a bare
+    # answer such as "red" is never learned (README, "Isolated target turns").
+    target_turns: Literal["causal", "isolated"] = "causal"
 
 
 class SingleTurnStage(_RecordStageBase):

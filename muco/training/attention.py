@@ -1,4 +1,5 @@
-"""Attention layouts of CoMa and CoCoA as 4-D masks (METHODS.md §4, §5), as pure functions.
+"""Attention layouts of CoMa, CoCoA and isolated turns as 4-D masks (METHODS.md §1, §4, §5),
+as pure functions.
 
 Each position of a sequence gets a *segment*; a rule table says, for a (query segment, key
 segment) pair, whether the query may attend to the key always (``"full"``), only when the key
@@ -34,6 +35,12 @@ CoCoA (METHODS §5, interpretation) segments::
     INPUT   everything before the EOS token; bidirectional within itself (switchable)
     EOS     the one token whose hidden state is the embedding; attends to INPUT and itself
     RECON   the reconstruction of the input text; attends to EOS and earlier RECON tokens only
+
+Isolated turns (a project option for MuCo stage 1's target side, see
+:class:`muco.config.MucoStage`) segment a multi-turn sequence by turn: the system prefix, then
+one segment per turn; each turn attends to the prefix and to itself only. With positions
+restarted after the prefix (:func:`muco.training.forward.restart_turn_positions`), each turn's
+``<|emb|>`` state equals that of the turn's text alone in the single-turn template.
 """
 
 from __future__ import annotations
@@ -94,7 +101,7 @@ def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
     return mask[:, None]
 
 
-def _first_index(hits: Tensor) -> Tensor:
+def first_index(hits: Tensor) -> Tensor:
     """``(B, L)`` bool → ``(B,)`` long, the first True per row, ``L`` where a row has none."""
     length = hits.shape[1]
     index = torch.arange(length, device=hits.device).expand_as(hits)
@@ -127,8 +134,8 @@ def coma_segments(
     comp &= real
     length = input_ids.shape[1]
     position = torch.arange(length, device=input_ids.device).expand_as(input_ids)
-    first_image = _first_index((input_ids == image_token_id) & real)[:, None]
-    first_comp = _first_index(comp)[:, None]
+    first_image = first_index((input_ids == image_token_id) & real)[:, None]
+    first_comp = first_index(comp)[:, None]
     last_comp = _last_index(comp)[:, None]
     has_comp = comp.any(dim=1, keepdim=True)
     segments = torch.full_like(input_ids, COMA_PREFIX)
@@ -180,7 +187,7 @@ def cocoa_segments(
     if require_eos and not eos_hits.any(dim=1).all():
         rows = (~eos_hits.any(dim=1)).nonzero().flatten().tolist()
         raise ValueError(f"rows {rows} have no EOS token (id {eos_token_id})")
-    eos = _first_index(eos_hits)[:, None]
+    eos = first_index(eos_hits)[:, None]
     position = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     segments = torch.full_like(input_ids, COCOA_INPUT)
     segments[position == eos] = COCOA_EOS
@@ -210,3 +217,41 @@ def cocoa_attention(
     """CoCoA stage 1's ``(B, L, L)`` bool attention (module docstring, METHODS.md §5)."""
     segments = cocoa_segments(input_ids, attention_mask, eos_token_id, require_eos)
     return segment_attention(segments, cocoa_rules(bidirectional_input))
+
+
+def turn_segments(input_ids: Tensor, attention_mask: Tensor, im_start_token_id: int) -> Tensor:
+    """Segments of a multi-turn sequence (:func:`muco.model.templates.multi_turn`) by turn.
+
+    Segment 0 is the prefix (the system turn); segment ``1 + j`` is turn j: its user turn and
+    the assistant answer that holds its ``<|emb|>``. Turns are told apart by counting
+    ``<|im_start|>`` tokens (the system turn opens with the first, each turn with two more),
+    which needs no other token id and holds for every tokenizer with the chat template.
+
+    Args:
+        input_ids: ``(B, L)`` long.
+        attention_mask: ``(B, L)``, 1 for real tokens (either padding side).
+        im_start_token_id: the id of ``<|im_start|>``.
+
+    Returns:
+        ``(B, L)`` long; :data:`PAD` at padding. A row with a single turn opener (ZeRO-3's
+        keep-alive row) is all prefix.
+    """
+    real = attention_mask.bool()
+    opened = ((input_ids == im_start_token_id) & real).long().cumsum(dim=1)
+    segments = torch.where(opened >= 2, 1 + (opened - 2) // 2, 0)
+    return segments.masked_fill(~real, PAD)
+
+
+def isolated_turn_rules(turns: int) -> dict[tuple[int, int], Rule]:
+    """Each turn sees the prefix and itself, causally; no turn sees another turn."""
+    rules: dict[tuple[int, int], Rule] = {(0, 0): "causal"}
+    for segment in range(1, turns + 1):
+        rules[(segment, 0)] = "causal"
+        rules[(segment, segment)] = "causal"
+    return rules
+
+
+def isolated_turn_attention(segments: Tensor) -> Tensor:
+    """``(B, L, L)`` bool attention of :func:`isolated_turn_rules` for :func:`turn_segments`."""
+    turns = int(segments.max()) if segments.numel() else 0
+    return segment_attention(segments, isolated_turn_rules(turns))

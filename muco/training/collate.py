@@ -4,6 +4,10 @@ A batch of n samples with k turns each gives n query sequences and n target sequ
 n·k ``<|emb|>`` tokens per side. The embedder returns one row per ``<|emb|>`` in sample-major,
 turn-minor order (METHODS.md §1: the embedding is the last hidden state at each ``<|emb|>``), so
 the per-embedding lists here (image ids, target texts) follow that order exactly.
+
+With ``isolate_target_turns`` the target (and hard-negative) batches also carry
+``turn_segments`` (:func:`muco.training.attention.turn_segments`), from which the training
+forward builds isolated-turn attention and restarted positions (:class:`muco.config.MucoStage`).
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
+from torch import Tensor
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from muco.model.special_tokens import IMAGE_PLACEHOLDER
+from muco.model.special_tokens import IM_START, IMAGE_PLACEHOLDER
+from muco.training.attention import turn_segments
 from muco.training.packing import PackedSample
 
 
@@ -53,7 +59,8 @@ class Collator:
 
     ``max_length`` bounds each sequence's token count including the expanded image tokens; a
     longer sequence is an error, never truncated, because truncation would cut ``<|emb|>``
-    tokens and silently drop pairs.
+    tokens and silently drop pairs. ``isolate_target_turns`` adds ``turn_segments`` to the
+    target and negative batches (module docstring).
     """
 
     def __init__(
@@ -62,10 +69,12 @@ class Collator:
         max_length: int | None = None,
         *,
         always_run_vision: bool = False,
+        isolate_target_turns: bool = False,
     ) -> None:
         self.processor = processor
         self.max_length = max_length
         self.always_run_vision = always_run_vision
+        self.isolate_target_turns = isolate_target_turns
 
     def __call__(self, samples: Sequence[PackedSample]) -> CollatedBatch:
         if not samples:
@@ -82,6 +91,10 @@ class Collator:
             if None in negative_texts:
                 raise ValueError("some samples of the batch have hard negatives and some not")
             negative = self._encode(samples, "negative", negative_texts, [None] * len(samples))
+        if self.isolate_target_turns:
+            for side in (target, negative):
+                if side is not None:
+                    side["turn_segments"] = self._turn_segments(side)
         # Each target belongs to its record's query image: the mask identity is the same.
         image_ids = [s.image_id for s in samples for _ in range(s.turns)]
         return CollatedBatch(
@@ -94,6 +107,10 @@ class Collator:
             negative=negative,
             negative_texts=[text for s in samples for text in s.negative_texts],
         )
+
+    def _turn_segments(self, side: BatchFeature) -> Tensor:
+        im_start = self.processor.tokenizer.convert_tokens_to_ids(IM_START)
+        return turn_segments(side["input_ids"], side["attention_mask"], im_start)
 
     def _encode(
         self,

@@ -20,16 +20,70 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from muco.training.attention import additive_mask
+from muco.training.attention import additive_mask, first_index
 from muco.training.losses import next_token_loss_sum, next_token_targets
 
 
 def text_position_ids(attention_mask: Tensor) -> Tensor:
     """Positions (B, L) counting real tokens only (as ``muco.model.embedder`` numbers them)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def default_position_ids(model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
+    """The positions the model gives a processed batch under its 2-D padding mask.
+
+    With an image, M-RoPE's ``(3, B, L)`` from ``compute_3d_position_ids``; text only,
+    ``(B, L)`` numbering real tokens (as ``Embedder`` does, so the padding side does not matter).
+    """
+    padding = batch["attention_mask"]
+    if "pixel_values" not in batch:
+        return text_position_ids(padding)
+    return model.model.compute_3d_position_ids(
+        input_ids=batch["input_ids"],
+        image_grid_thw=batch.get("image_grid_thw"),
+        video_grid_thw=None,
+        inputs_embeds=None,
+        attention_mask=padding,
+        cache=None,
+        mm_token_type_ids=batch.get("mm_token_type_ids"),
+    )
+
+
+def restart_turn_positions(position_ids: Tensor, segments: Tensor) -> Tensor:
+    """Positions of isolated turns: every turn numbered as if it came first after the prefix.
+
+    Turn 0 (segment 1) keeps its positions; each later turn is shifted so that its first token
+    takes turn 0's first position. Together with :func:`muco.training.attention.
+    isolated_turn_attention` a turn is then computed exactly as its text alone in the
+    single-turn template (RoPE sees the same offsets). Text tokens have equal M-RoPE
+    components, and images sit only in turn 0, so one shift serves all three components.
+
+    Args:
+        position_ids: ``(B, L)`` or ``(3, B, L)`` long, e.g. :func:`default_position_ids`.
+        segments: ``(B, L)`` long from :func:`muco.training.attention.turn_segments`.
+
+    Returns:
+        A tensor shaped like ``position_ids``.
+    """
+    positions = position_ids if position_ids.ndim == 3 else position_ids[None]  # (C, B, L)
+    restarted = positions.clone()
+    turn_zero = _position_at(positions, first_index(segments == 1))  # (C, B, 1)
+    for segment in range(2, int(segments.max()) + 1):
+        in_turn = segments == segment
+        shift = turn_zero - _position_at(positions, first_index(in_turn))
+        restarted = torch.where(in_turn[None], positions + shift, restarted)
+    return restarted if position_ids.ndim == 3 else restarted[0]
+
+
+def _position_at(positions: Tensor, index: Tensor) -> Tensor:
+    """``positions`` (C, B, L) at one index per row (B,) → (C, B, 1); an index past the end
+    (a row without that segment) reads the last position, which no masked token uses."""
+    index = index.clamp(max=positions.shape[-1] - 1)
+    return positions.gather(-1, index[None, :, None].expand(positions.shape[0], -1, 1))
 
 
 def backbone_hidden(
@@ -64,18 +118,7 @@ def backbone_hidden(
                 f"{model.config._attn_implementation!r}"
             )
         if "position_ids" not in inputs:
-            if has_image:
-                inputs["position_ids"] = inner.compute_3d_position_ids(
-                    input_ids=inputs["input_ids"],
-                    image_grid_thw=inputs.get("image_grid_thw"),
-                    video_grid_thw=None,
-                    inputs_embeds=None,
-                    attention_mask=padding,
-                    past_key_values=None,
-                    mm_token_type_ids=inputs.get("mm_token_type_ids"),
-                )
-            else:
-                inputs["position_ids"] = text_position_ids(padding)
+            inputs["position_ids"] = default_position_ids(model, inputs)
         # sdpa wants a float mask in the query's dtype: the model's (bf16 under DeepSpeed bf16).
         inputs["attention_mask"] = additive_mask(attention.to(padding.device), model.dtype)
     elif not has_image and "position_ids" not in inputs:

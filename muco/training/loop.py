@@ -25,6 +25,7 @@ from tqdm import tqdm
 from muco.config import BackboneConfig, StagePlan, TrainConfig
 from muco.model.embedder import Embedder, Readout
 from muco.model.pooling import mean_pool
+from muco.training.attention import isolated_turn_attention
 from muco.training.checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -35,7 +36,9 @@ from muco.training.engine import deepspeed_config, init_distributed, records_per
 from muco.training.finetune import prepare_for_training
 from muco.training.forward import (
     backbone_hidden,
+    default_position_ids,
     next_token_nll_sum,
+    restart_turn_positions,
     token_embeddings,
 )
 from muco.training.objectives.base import Objective
@@ -126,7 +129,9 @@ class EmbeddingModule(torch.nn.Module):
     ``head`` picks the readout: ``"emb"`` (the hidden state at each ``<|emb|>``, MuCo's and
     CoCoA's embedding), ``"mean"`` (per row, the mean over ``pool_positions``: CoMa), ``"nll"``
     (the summed next-token loss of ``labels``: CoMa and CoCoA stage 1). ``attention_4d``, a
-    ``(B, L, L)`` bool mask, replaces causal attention (:mod:`muco.training.forward`).
+    ``(B, L, L)`` bool mask, replaces causal attention (:mod:`muco.training.forward`);
+    ``turn_segments`` (B, L) isolates the turns of multi-turn sequences from each other
+    (:func:`muco.training.attention.isolated_turn_attention`, positions restarted per turn).
     """
 
     def __init__(self, embedder: Embedder) -> None:
@@ -141,6 +146,12 @@ class EmbeddingModule(torch.nn.Module):
         attention = batch.pop("attention_4d", None)
         pool = batch.pop("pool_positions", None)
         labels = batch.pop("labels", None)
+        segments = batch.pop("turn_segments", None)
+        if segments is not None:
+            attention = isolated_turn_attention(segments)
+            batch["position_ids"] = restart_turn_positions(
+                default_position_ids(self.backbone, batch), segments
+            )
         if head == "emb" and attention is None:
             return self.embedder.forward_embeddings(batch)
         hidden = backbone_hidden(self.backbone, batch, attention)

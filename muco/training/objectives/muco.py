@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from muco.config import MucoReconstructionStage, StagePlan, TrainConfig
+from muco.config import MucoReconstructionStage, MucoStage, StagePlan, TrainConfig
 from muco.model import templates
 from muco.training.collate import CollatedBatch, Collator, count_tokens
 from muco.training.distributed import gather_with_grad
@@ -73,7 +73,8 @@ class MucoObjective(Objective):
             seed=cfg.seed,
             negatives=self.hard_negatives,
         )
-        self.collator = Collator(processor, always_run_vision=zero3)
+        isolate = isinstance(plan.config, MucoStage) and plan.config.target_turns == "isolated"
+        self.collator = Collator(processor, always_run_vision=zero3, isolate_target_turns=isolate)
 
     def __len__(self) -> int:
         return len(self.dataset)
