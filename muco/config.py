@@ -156,6 +156,9 @@ class VisionPretrainConfig(_ObjectRange):
     # Two or more objects: such a scene never renders the same pixels as a benchmark image.
     min_objects: Annotated[int, Field(ge=1, le=9)] = 2
     validation_scenes: PositiveInt = 256
+    # How the head reads the visual tokens (muco.model.vision_pretraining): all of them at
+    # once, or one shared map per token answering for the cell under it.
+    head: Literal["flattened", "per_token"] = "flattened"
 
 
 class TinyBackboneConfig(StrictModel):

@@ -11,8 +11,14 @@ gets its encoder the way the first ViTs did, by supervised classification of lab
 - labels: for each grid cell, the colour, shape and size of its object, or "empty", straight
   from the scene graph;
 - model: the vision tower and merger (the visual tokens the language model reads, ``(tokens,
-  hidden)`` per image) under a linear head over the flattened tokens, ``(tokens * hidden) ->
-  (cells * classes)``, trained together with AdamW; the head is then discarded.
+  hidden)`` per image) under a linear head, trained together with AdamW; the head is then
+  discarded. ``head: flattened`` reads all tokens at once, ``(tokens * hidden) -> (cells *
+  classes)``, so a cell's attributes may be spread over any tokens in any code.
+  ``head: per_token`` applies one linear map ``hidden -> classes`` to every token and asks it
+  for the attributes of the cell under the token's centre: each token must then carry its own
+  cell's object in one code shared by all positions, which is how the language model reads
+  tokens (one value projection for every position). A cell's logits are the mean over its
+  tokens.
 
 The language model is not touched. Validation scenes continue the same stream after the
 training scenes, so they are unseen images; accuracies count occupied cells only.
@@ -74,27 +80,97 @@ class PretrainReport:
         }
 
 
-class _CellHead(nn.Module):
-    """Flattened visual tokens ``(N, tokens * hidden)`` -> logits ``(N, cells, classes)`` per
+_CLASS_COUNTS = [len(classes) for classes in ATTRIBUTE_CLASSES.values()]
+
+
+def _per_attribute(logits: Tensor) -> dict[str, Tensor]:
+    """Split ``(..., sum(classes))`` logits into one ``(..., classes)`` tensor per attribute."""
+    return dict(zip(ATTRIBUTE_CLASSES, logits.split(_CLASS_COUNTS, dim=-1), strict=True))
+
+
+def _cross_entropy(logits: dict[str, Tensor], labels: dict[str, Tensor]) -> Tensor:
+    """Mean over attributes of the cross-entropy over every ``(N, positions)`` label."""
+    terms = [
+        nn.functional.cross_entropy(logits[name].flatten(0, 1), labels[name].flatten())
+        for name in ATTRIBUTE_CLASSES
+    ]
+    return torch.stack(terms).mean()
+
+
+class _FlattenedHead(nn.Module):
+    """Visual tokens ``(N, tokens, hidden)``, flattened -> ``(N, cells, classes)`` per
     attribute."""
 
-    def __init__(self, features: int) -> None:
+    def __init__(self, tokens: int, hidden: int) -> None:
         super().__init__()
-        self.sizes = [len(classes) for classes in ATTRIBUTE_CLASSES.values()]
-        self.linear = nn.Linear(features, len(CELLS) * sum(self.sizes))
+        self.linear = nn.Linear(tokens * hidden, len(CELLS) * sum(_CLASS_COUNTS))
 
-    def forward(self, features: Tensor) -> dict[str, Tensor]:
-        logits = self.linear(features).view(len(features), len(CELLS), sum(self.sizes))
-        return dict(zip(ATTRIBUTE_CLASSES, logits.split(self.sizes, dim=-1), strict=True))
+    def cell_logits(self, tokens: Tensor) -> dict[str, Tensor]:
+        return _per_attribute(self.linear(tokens.flatten(1)).view(len(tokens), len(CELLS), -1))
+
+    def loss(self, tokens: Tensor, labels: dict[str, Tensor]) -> Tensor:
+        """Cross-entropy over every (image, cell); ``labels`` as :func:`cell_labels` gives."""
+        return _cross_entropy(self.cell_logits(tokens), labels)
 
 
-def _visual_features(model: PreTrainedModel, image_processor: object, images: list) -> Tensor:
-    """``(N, tokens * hidden)``: each image's visual tokens (tower + merger), flattened."""
+class _PerTokenHead(nn.Module):
+    """One linear map for every visual token: ``(N, tokens, hidden)`` -> ``(N, tokens,
+    classes)`` per attribute, each token answering for the cell under its centre."""
+
+    def __init__(self, token_cells: Tensor, hidden: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden, sum(_CLASS_COUNTS))
+        self.register_buffer("token_cells", token_cells)
+        # (cells, tokens): row c averages the tokens whose centre lies in cell c.
+        membership = nn.functional.one_hot(token_cells, len(CELLS)).T.float()
+        self.register_buffer("cell_mean", membership / membership.sum(1, keepdim=True))
+
+    def cell_logits(self, tokens: Tensor) -> dict[str, Tensor]:
+        return _per_attribute(self.cell_mean @ self.linear(tokens))
+
+    def loss(self, tokens: Tensor, labels: dict[str, Tensor]) -> Tensor:
+        """Cross-entropy over every (image, token) against the label of the token's cell."""
+        token_labels = {name: value[:, self.token_cells] for name, value in labels.items()}
+        return _cross_entropy(_per_attribute(self.linear(tokens)), token_labels)
+
+
+def token_cells(merged_rows: int, merged_cols: int) -> Tensor:
+    """``(rows * cols,)``: the grid cell (index into :data:`CELLS`) under each visual token's
+    centre, tokens in row-major order as Qwen2-VL's merger emits them."""
+    side = scenes.GRID_SIDE
+    rows = ((torch.arange(merged_rows) + 0.5) * side / merged_rows).long()
+    cols = ((torch.arange(merged_cols) + 0.5) * side / merged_cols).long()
+    return (rows[:, None] * side + cols[None, :]).flatten()
+
+
+def _visual_tokens(
+    model: PreTrainedModel, image_processor: object, images: list
+) -> tuple[Tensor, Tensor]:
+    """``(N, tokens, hidden)`` visual tokens (tower + merger) and the ``(t, h, w)`` patch grid
+    they come from (every image of the batch has the same size)."""
     inputs = image_processor(images=images, return_tensors="pt")
     tokens = model.model.get_image_features(
         inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True
     ).pooler_output
-    return torch.stack([t.reshape(-1) for t in tokens])
+    return torch.stack(list(tokens)), inputs["image_grid_thw"][0]
+
+
+def _head(
+    cfg: VisionPretrainConfig, model: PreTrainedModel, probe: Tensor, grid: Tensor
+) -> nn.Module:
+    """The head ``cfg.head`` names, sized from one probe image's ``(1, tokens, hidden)``."""
+    if cfg.head == "flattened":
+        return _FlattenedHead(probe.shape[1], probe.shape[2])
+    merge = model.config.vision_config.spatial_merge_size
+    cells = token_cells(int(grid[1]) // merge, int(grid[2]) // merge)
+    missing = sorted(set(range(len(CELLS))) - set(cells.tolist()))
+    if missing:
+        raise ValueError(
+            f"backbone.tiny.pretrain_vision.head: per_token needs a visual token in every grid "
+            f"cell; the processor's {int(grid[1]) // merge}x{int(grid[2]) // merge} token grid "
+            f"leaves cells {missing} without one (raise backbone.min_pixels)"
+        )
+    return _PerTokenHead(cells, probe.shape[2])
 
 
 def _scenes(cfg: VisionPretrainConfig, start: int, count: int) -> list[scenes.Scene]:
@@ -106,15 +182,6 @@ def _scenes(cfg: VisionPretrainConfig, start: int, count: int) -> list[scenes.Sc
 
 def _rendered(cfg: VisionPretrainConfig, batch: Sequence[scenes.Scene]) -> list:
     return [scenes.render_scene(scene, cfg.image_size) for scene in batch]
-
-
-def _loss(logits: dict[str, Tensor], labels: dict[str, Tensor]) -> Tensor:
-    """Mean over attributes of the cross-entropy over every (image, cell)."""
-    terms = [
-        nn.functional.cross_entropy(logits[name].flatten(0, 1), labels[name].flatten())
-        for name in ATTRIBUTE_CLASSES
-    ]
-    return torch.stack(terms).mean()
 
 
 def pretrain_vision_tower(
@@ -135,16 +202,16 @@ def _pretrain(
 ) -> PretrainReport:
     visual = model.model.visual
     with torch.no_grad():  # one image, only to size the head
-        probe = _visual_features(model, image_processor, _rendered(cfg, _scenes(cfg, 0, 1)))
-    head = _CellHead(probe.shape[1])
+        probe, grid = _visual_tokens(model, image_processor, _rendered(cfg, _scenes(cfg, 0, 1)))
+    head = _head(cfg, model, probe, grid)
     optimizer = torch.optim.AdamW([*visual.parameters(), *head.parameters()], lr=cfg.lr)
     was_training = model.training
     visual.train()
     loss = torch.tensor(float("nan"))
     for step in range(cfg.steps):
         batch = _scenes(cfg, step * cfg.batch_size, cfg.batch_size)
-        features = _visual_features(model, image_processor, _rendered(cfg, batch))
-        loss = _loss(head(features), cell_labels(batch))
+        tokens, _ = _visual_tokens(model, image_processor, _rendered(cfg, batch))
+        loss = head.loss(tokens, cell_labels(batch))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -152,7 +219,8 @@ def _pretrain(
     seen = cfg.steps * cfg.batch_size
     validation = _scenes(cfg, seen, cfg.validation_scenes)
     with torch.no_grad():
-        logits = head(_visual_features(model, image_processor, _rendered(cfg, validation)))
+        tokens, _ = _visual_tokens(model, image_processor, _rendered(cfg, validation))
+        logits = head.cell_logits(tokens)
     labels = cell_labels(validation)
     occupied = labels["shape"] > 0
     accuracy = {

@@ -13,15 +13,20 @@ from muco.images import scenes
 from muco.model.processor import build_image_processor
 from muco.model.tiny import VISION_PRETRAINING, build_tiny_model, save_tiny_backbone
 from muco.model.tokenizer import train_tokenizer
-from muco.model.vision_pretraining import ATTRIBUTE_CLASSES, cell_labels, pretrain_vision_tower
+from muco.model.vision_pretraining import (
+    ATTRIBUTE_CLASSES,
+    cell_labels,
+    pretrain_vision_tower,
+    token_cells,
+)
 from muco.stages import backbone as backbone_stage
 
 TINY = TinyBackboneConfig(vocab_size=512)
 PIXELS = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
 
 
-def _pretrain_config(steps: int) -> VisionPretrainConfig:
-    return VisionPretrainConfig(steps=steps, batch_size=32, lr=2e-3, image_size=112)
+def _pretrain_config(steps: int, head: str = "flattened") -> VisionPretrainConfig:
+    return VisionPretrainConfig(steps=steps, batch_size=32, lr=2e-3, image_size=112, head=head)
 
 
 def _fresh_model() -> torch.nn.Module:
@@ -50,13 +55,32 @@ def test_cell_labels_of_a_hand_built_scene() -> None:
     assert ATTRIBUTE_CLASSES["size"] == ("empty", "small", "medium", "large")
 
 
-def test_pretraining_learns_and_touches_only_the_vision_tower() -> None:
+def test_token_cells_follow_the_token_centres() -> None:
+    # One merged token per cell when the grids align (84 px at 28 px per merged token).
+    assert token_cells(3, 3).tolist() == list(range(9))
+    # A 4x4 token grid: centres at 1/8, 3/8, 5/8, 7/8 of the side fall in rows 0, 1, 1, 2.
+    assert token_cells(4, 4).view(4, 4).tolist() == [
+        [0, 1, 1, 2],
+        [3, 4, 4, 5],
+        [3, 4, 4, 5],
+        [6, 7, 7, 8],
+    ]
+
+
+def test_a_per_token_head_without_a_token_in_every_cell_is_refused() -> None:
+    processor = build_image_processor(min_pixels=56 * 56, max_pixels=56 * 56)  # 2x2 tokens
+    with pytest.raises(ValueError, match=r"per_token .* 2x2 token grid leaves cells \[1, 3, 4"):
+        pretrain_vision_tower(_fresh_model(), processor, _pretrain_config(1, "per_token"))
+
+
+@pytest.mark.parametrize("head", ["flattened", "per_token"])
+def test_pretraining_learns_and_touches_only_the_vision_tower(head: str) -> None:
     processor = build_image_processor(**PIXELS)
     untrained = _fresh_model()
-    first_step = pretrain_vision_tower(_fresh_model(), processor, _pretrain_config(1))
+    first_step = pretrain_vision_tower(_fresh_model(), processor, _pretrain_config(1, head))
     model = _fresh_model()
     generator_state = torch.random.get_rng_state()
-    report = pretrain_vision_tower(model, processor, _pretrain_config(150))
+    report = pretrain_vision_tower(model, processor, _pretrain_config(150, head))
 
     assert torch.equal(torch.random.get_rng_state(), generator_state)
     # The last step's loss, against the loss at initialisation (a one-step run's only step).
