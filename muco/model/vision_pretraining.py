@@ -162,13 +162,14 @@ def _head(
     if cfg.head == "flattened":
         return _FlattenedHead(probe.shape[1], probe.shape[2])
     merge = model.config.vision_config.spatial_merge_size
-    cells = token_cells(int(grid[1]) // merge, int(grid[2]) // merge)
+    rows, cols = int(grid[1]) // merge, int(grid[2]) // merge
+    cells = token_cells(rows, cols)
     missing = sorted(set(range(len(CELLS))) - set(cells.tolist()))
     if missing:
         raise ValueError(
             f"backbone.tiny.pretrain_vision.head: per_token needs a visual token in every grid "
-            f"cell; the processor's {int(grid[1]) // merge}x{int(grid[2]) // merge} token grid "
-            f"leaves cells {missing} without one (raise backbone.min_pixels)"
+            f"cell; the processor's {rows}x{cols} token grid leaves cells {missing} without "
+            f"one (give the images more pixels: backbone.min_pixels / max_pixels)"
         )
     return _PerTokenHead(cells, probe.shape[2])
 
