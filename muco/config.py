@@ -159,6 +159,8 @@ class VisionPretrainConfig(_ObjectRange):
     # How the head reads the visual tokens (muco.model.vision_pretraining): all of them at
     # once, or one shared map per token answering for the cell under it.
     head: Literal["flattened", "per_token"] = "flattened"
+    # Also ask every token for its own row and column, so its content says where it is.
+    token_position: bool = False
 
 
 class TinyBackboneConfig(StrictModel):

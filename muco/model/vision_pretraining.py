@@ -19,6 +19,12 @@ gets its encoder the way the first ViTs did, by supervised classification of lab
   cell's object in one code shared by all positions, which is how the language model reads
   tokens (one value projection for every position). A cell's logits are the mean over its
   tokens.
+- ``token_position: true`` adds a second shared map ``hidden -> rows + cols`` that asks every
+  token for its own row and column in the token grid. Qwen2-VL's tower has no absolute position
+  embedding (2D rotary attention sees only offsets), and the language model's M-RoPE separates
+  the columns of a small grid by under 2e-4 rad at theta 1e6, so without this target nothing a
+  token carries tells the language model which cell it covers, and "the top left cell" cannot
+  be read (README, Benchmarks: "A token per cell").
 
 The language model is not touched. Validation scenes continue the same stream after the
 training scenes, so they are unseen images; accuracies count occupied cells only.
@@ -134,6 +140,47 @@ class _PerTokenHead(nn.Module):
         return _cross_entropy(_per_attribute(self.linear(tokens)), token_labels)
 
 
+class TokenPositionHead(nn.Module):
+    """One linear map for every visual token: ``(N, rows * cols, hidden)`` -> the token's own
+    row ``(N, tokens, rows)`` and column ``(N, tokens, cols)`` in the token grid."""
+
+    def __init__(self, merged_rows: int, merged_cols: int, hidden: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden, merged_rows + merged_cols)
+        self.sizes = [merged_rows, merged_cols]
+        # Row-major like the merger's output: token i sits in row i // cols, column i % cols.
+        self.register_buffer("rows", torch.arange(merged_rows).repeat_interleave(merged_cols))
+        self.register_buffer("cols", torch.arange(merged_cols).repeat(merged_rows))
+
+    def logits(self, tokens: Tensor) -> dict[str, Tensor]:
+        row, col = self.linear(tokens).split(self.sizes, dim=-1)
+        return {"token_row": row, "token_column": col}
+
+    def targets(self, count: int) -> dict[str, Tensor]:
+        """``(count, tokens)`` row and column labels."""
+        return {
+            "token_row": self.rows.expand(count, -1),
+            "token_column": self.cols.expand(count, -1),
+        }
+
+    def loss(self, tokens: Tensor) -> Tensor:
+        """Mean of the row and the column cross-entropy over every (image, token)."""
+        logits, targets = self.logits(tokens), self.targets(len(tokens))
+        terms = [
+            nn.functional.cross_entropy(logits[name].flatten(0, 1), targets[name].flatten())
+            for name in logits
+        ]
+        return torch.stack(terms).mean()
+
+    def accuracy(self, tokens: Tensor) -> dict[str, float]:
+        """Percent of tokens whose predicted row (column) is their own."""
+        logits, targets = self.logits(tokens), self.targets(len(tokens))
+        return {
+            name: 100 * float((logits[name].argmax(-1) == targets[name]).float().mean())
+            for name in logits
+        }
+
+
 def token_cells(merged_rows: int, merged_cols: int) -> Tensor:
     """``(rows * cols,)``: the grid cell (index into :data:`CELLS`) under each visual token's
     centre, tokens in row-major order as Qwen2-VL's merger emits them."""
@@ -155,14 +202,19 @@ def _visual_tokens(
     return torch.stack(list(tokens)), inputs["image_grid_thw"][0]
 
 
+def _token_grid(model: PreTrainedModel, grid: Tensor) -> tuple[int, int]:
+    """Rows and columns of merged visual tokens for a ``(t, h, w)`` patch grid."""
+    merge = model.config.vision_config.spatial_merge_size
+    return int(grid[1]) // merge, int(grid[2]) // merge
+
+
 def _head(
     cfg: VisionPretrainConfig, model: PreTrainedModel, probe: Tensor, grid: Tensor
 ) -> nn.Module:
     """The head ``cfg.head`` names, sized from one probe image's ``(1, tokens, hidden)``."""
     if cfg.head == "flattened":
         return _FlattenedHead(probe.shape[1], probe.shape[2])
-    merge = model.config.vision_config.spatial_merge_size
-    rows, cols = int(grid[1]) // merge, int(grid[2]) // merge
+    rows, cols = _token_grid(model, grid)
     cells = token_cells(rows, cols)
     missing = sorted(set(range(len(CELLS))) - set(cells.tolist()))
     if missing:
@@ -204,15 +256,19 @@ def _pretrain(
     visual = model.model.visual
     with torch.no_grad():  # one image, only to size the head
         probe, grid = _visual_tokens(model, image_processor, _rendered(cfg, _scenes(cfg, 0, 1)))
-    head = _head(cfg, model, probe, grid)
-    optimizer = torch.optim.AdamW([*visual.parameters(), *head.parameters()], lr=cfg.lr)
+    heads = nn.ModuleDict({"cells": _head(cfg, model, probe, grid)})
+    if cfg.token_position:
+        heads["position"] = TokenPositionHead(*_token_grid(model, grid), probe.shape[2])
+    optimizer = torch.optim.AdamW([*visual.parameters(), *heads.parameters()], lr=cfg.lr)
     was_training = model.training
     visual.train()
     loss = torch.tensor(float("nan"))
     for step in range(cfg.steps):
         batch = _scenes(cfg, step * cfg.batch_size, cfg.batch_size)
         tokens, _ = _visual_tokens(model, image_processor, _rendered(cfg, batch))
-        loss = head.loss(tokens, cell_labels(batch))
+        loss = heads["cells"].loss(tokens, cell_labels(batch))
+        if "position" in heads:
+            loss = loss + heads["position"].loss(tokens)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -221,11 +277,13 @@ def _pretrain(
     validation = _scenes(cfg, seen, cfg.validation_scenes)
     with torch.no_grad():
         tokens, _ = _visual_tokens(model, image_processor, _rendered(cfg, validation))
-        logits = head.cell_logits(tokens)
+        logits = heads["cells"].cell_logits(tokens)
+        position = heads["position"].accuracy(tokens) if "position" in heads else {}
     labels = cell_labels(validation)
     occupied = labels["shape"] > 0
     accuracy = {
         name: 100 * float((logits[name].argmax(-1) == labels[name])[occupied].float().mean())
         for name in ATTRIBUTE_CLASSES
     }
+    accuracy.update(position)
     return PretrainReport(cfg.steps, seen, float(loss.detach()), accuracy)
