@@ -7,6 +7,12 @@ model). It is fitted on the scene pool's ``train`` split and scored on ``test``,
 that have an object in that cell; the table gives the mean accuracy over cells beside the
 majority-class rate of the same test rows.
 
+The ``position`` column asks a different question of single tokens: fitted on one token at a
+time, can a ridge classifier tell which place in the token grid the token came from? Qwen2-VL's
+tower has no absolute position embedding and the language model's M-RoPE barely separates the
+columns of a small grid, so a language model can find "the top left cell" only if the token's
+content says where it is (its chance rate is one over the number of tokens).
+
 It separates two reasons a model can fail scenes-bench's object-level tasks: the visual tokens
 do not carry the attribute (the probe stays at the majority rate), or they carry it and the
 language model does not read it out (the probe is high, the benchmark low). Comparing a trained
@@ -77,7 +83,7 @@ def cell_labels(items: Sequence[BenchScene], attribute: str) -> dict[str, list[s
 
 
 def visual_tokens(embedder: Embedder, items: Sequence[BenchScene], batch: int = 50) -> np.ndarray:
-    """``(N, tokens * hidden)``: each image's visual tokens, flattened in grid order."""
+    """``(N, tokens, hidden)``: each image's visual tokens in grid order (row-major)."""
     model = embedder.backbone.model.model
     processor = embedder.backbone.processor.image_processor
     rows = []
@@ -88,18 +94,37 @@ def visual_tokens(embedder: Embedder, items: Sequence[BenchScene], batch: int = 
             out = model.get_image_features(
                 inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True
             )
-        rows.extend(tokens.reshape(-1).float().numpy() for tokens in out.pooler_output)
+        rows.extend(tokens.float().numpy() for tokens in out.pooler_output)
     return np.stack(rows)
+
+
+def position_probe(fit_tokens: np.ndarray, score_tokens: np.ndarray, l2: float) -> dict[str, float]:
+    """How well single tokens tell their own place in the grid.
+
+    ``*_tokens``: ``(N, tokens, hidden)``; every token is one row labelled with its index in
+    the grid. Returns the accuracy and the chance rate (one over the token count), in percent.
+    """
+    count, hidden = fit_tokens.shape[1:]
+    accuracy = ridge_probe_accuracy(
+        fit_tokens.reshape(-1, hidden),
+        np.tile(np.arange(count), len(fit_tokens)),
+        score_tokens.reshape(-1, hidden),
+        np.tile(np.arange(count), len(score_tokens)),
+        l2,
+    )
+    return {"accuracy": round(100 * accuracy, 1), "majority": round(100 / count, 1)}
 
 
 def probe_model(
     model_dir: str, pool: dict[str, list[BenchScene]], min_pixels: int, max_pixels: int, l2: float
 ) -> dict[str, dict[str, float]]:
-    """Per attribute, the probe's mean test accuracy over cells and the majority rate."""
+    """Per attribute, the probe's mean test accuracy over cells and the majority rate; under
+    ``position``, the single-token position probe and its chance rate."""
     embedder = Embedder.from_pretrained(model_dir, min_pixels=min_pixels, max_pixels=max_pixels)
     embedder.backbone.model.eval()
-    features = {split: visual_tokens(embedder, pool[split]) for split in (FIT_SPLIT, SCORE_SPLIT)}
-    result = {}
+    tokens = {split: visual_tokens(embedder, pool[split]) for split in (FIT_SPLIT, SCORE_SPLIT)}
+    features = {split: grid.reshape(len(grid), -1) for split, grid in tokens.items()}
+    result: dict[str, dict[str, float]] = {}
     for attribute in ATTRIBUTES:
         fit = cell_labels(pool[FIT_SPLIT], attribute)
         score = cell_labels(pool[SCORE_SPLIT], attribute)
@@ -126,15 +151,18 @@ def probe_model(
             "majority": round(100 * float(np.mean(majorities)), 1),
             "cells": len(accuracies),
         }
+    result["position"] = position_probe(tokens[FIT_SPLIT], tokens[SCORE_SPLIT], l2)
     return result
 
 
 def print_table(result: dict[str, dict[str, dict[str, float]]]) -> None:
-    """One line per model: probe accuracy (%) per attribute, majority rate in brackets."""
-    print(f"{'model':<40} " + " ".join(f"{name:>14}" for name in ATTRIBUTES))
+    """One line per model: probe accuracy (%) per attribute and for the token's position,
+    majority (chance) rate in brackets."""
+    columns = (*ATTRIBUTES, "position")
+    print(f"{'model':<40} " + " ".join(f"{name:>14}" for name in columns))
     for model, scores in result.items():
         cells = " ".join(
-            f"{scores[a]['accuracy']:>6.1f} ({scores[a]['majority']:>4.1f})" for a in ATTRIBUTES
+            f"{scores[a]['accuracy']:>6.1f} ({scores[a]['majority']:>4.1f})" for a in columns
         )
         print(f"{model:<40} {cells}")
 

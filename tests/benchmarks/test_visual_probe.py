@@ -45,6 +45,17 @@ def test_features_without_information_predict_one_class(script: ModuleType) -> N
     assert script.majority_rate(test_y) == 0.75
 
 
+def test_the_position_probe_reads_tokens_that_carry_their_place(script: ModuleType) -> None:
+    rng = np.random.default_rng(0)
+    place = np.eye(4)  # token i's content is the one-hot of i, plus noise
+    fit = place[None] + 0.05 * rng.standard_normal((6, 4, 4))
+    score = place[None] + 0.05 * rng.standard_normal((3, 4, 4))
+    assert script.position_probe(fit, score, l2=0.1) == {"accuracy": 100.0, "majority": 25.0}
+    # The same content at every place: nothing tells the tokens apart.
+    same = np.broadcast_to(rng.standard_normal(4), (6, 4, 4)).copy()
+    assert script.position_probe(same, same[:3], l2=0.1)["accuracy"] == 25.0
+
+
 def test_an_empty_side_is_an_error(script: ModuleType) -> None:
     with pytest.raises(ValueError, match="at least one"):
         script.ridge_probe_accuracy(np.ones((0, 2)), np.array([]), np.ones((1, 2)), [1], 1.0)
@@ -62,7 +73,10 @@ def test_the_script_probes_a_tiny_model_on_a_scene_pool(script: ModuleType, tmp_
 
     record = json.loads(out.read_text())
     scores = record["models"][str(model)]
-    assert set(scores) == {"colour", "shape", "size"}
+    assert set(scores) == {"colour", "shape", "size", "position"}
+    # 56 px: a 2x2 grid of merged tokens.
+    assert scores["position"]["majority"] == 25.0
+    assert 0.0 <= scores["position"]["accuracy"] <= 100.0
     bench = read_bench_scenes(pool, ["train", "test"])
     for attribute in ("colour", "shape", "size"):
         fit = script.cell_labels(bench["train"], attribute)
