@@ -24,7 +24,7 @@ gets its encoder the way the first ViTs did, by supervised classification of lab
   embedding (2D rotary attention sees only offsets), and the language model's M-RoPE separates
   the columns of a small grid by under 2e-4 rad at theta 1e6, so without this target nothing a
   token carries tells the language model which cell it covers, and "the top left cell" cannot
-  be read (README, Benchmarks: "A token per cell").
+  be read (README, Benchmarks: "Where a token is").
 
 The language model is not touched. Validation scenes continue the same stream after the
 training scenes, so they are unseen images; accuracies count occupied cells only.
