@@ -163,6 +163,24 @@ class VisionPretrainConfig(_ObjectRange):
     token_position: bool = False
 
 
+class LanguagePretrainConfig(_ObjectRange):
+    """Generative visual instruction tuning of the tiny backbone's language model on Q&A about
+    freshly rendered scenes (:mod:`muco.model.language_pretraining`); ``steps: 0`` keeps the
+    random language model."""
+
+    steps: NonNegativeInt = 0
+    # Scenes per step; every scene gives one single-turn sample per M3T turn kind.
+    batch_size: PositiveInt = 16
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    # Its own scene stream, apart from the pool's and the vision pretraining's.
+    seed: int = 2
+    image_size: Annotated[int, Field(ge=48)] = 112
+    # Two or more objects: such a scene never renders the same pixels as a benchmark image.
+    min_objects: Annotated[int, Field(ge=1, le=9)] = 2
+    paraphrases: Annotated[int, Field(ge=1, le=8)] = 3
+    validation_scenes: PositiveInt = 64
+
+
 class TinyBackboneConfig(StrictModel):
     """Sizes of the offline tiny Qwen2-VL / Qwen2.5-VL built from a config with random weights,
     and the optional pretraining of its vision tower."""
@@ -186,6 +204,7 @@ class TinyBackboneConfig(StrictModel):
     # Width of the vision MLP over its embedding (Qwen2-VL: 4; Qwen2.5-VL has its own MLP).
     vision_mlp_ratio: PositiveInt = 2
     pretrain_vision: VisionPretrainConfig = VisionPretrainConfig()
+    pretrain_language: LanguagePretrainConfig = LanguagePretrainConfig()
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyBackboneConfig:

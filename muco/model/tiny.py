@@ -2,9 +2,10 @@
 
 It exists so the whole pipeline, from ``from_pretrained`` to the DeepSpeed engine, runs on a
 2-core CPU without a hub (DESIGN.md, rule 5). Its weights are random, except for a vision tower
-optionally pretrained on rendered scenes (:mod:`muco.model.vision_pretraining`). Same seeds and
-config give identical weights and tokenizer. The result is saved with ``save_pretrained`` and
-loaded back like any checkpoint.
+optionally pretrained on rendered scenes (:mod:`muco.model.vision_pretraining`) and a language
+model optionally instruction-tuned on Q&A about them (:mod:`muco.model.language_pretraining`).
+Same seeds and config give identical weights and tokenizer. The result is saved with
+``save_pretrained`` and loaded back like any checkpoint.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from transformers import (
     PreTrainedModel,
     Qwen2_5_VLConfig,
@@ -23,7 +23,9 @@ from transformers import (
 
 from muco.config import BackboneConfig, TinyBackboneConfig
 from muco.io import atomic_directory, atomic_write_json
+from muco.model.language_pretraining import pretrain_language_model
 from muco.model.processor import ImageOnlyQwen2VLProcessor, build_image_processor
+from muco.model.seeding import torch_seeded
 from muco.model.special_tokens import (
     EOS_TOKEN,
     IMAGE_PAD,
@@ -35,8 +37,13 @@ from muco.model.special_tokens import (
 from muco.model.tokenizer import train_tokenizer
 from muco.model.vision_pretraining import pretrain_vision_tower
 
-# The vision pretraining report, saved beside the weights it produced.
+# The pretraining reports, saved beside the weights they produced.
 VISION_PRETRAINING = "vision_pretraining.json"
+LANGUAGE_PRETRAINING = "language_pretraining.json"
+PRETRAINING_REPORTS = {
+    "vision_pretraining": VISION_PRETRAINING,
+    "language_pretraining": LANGUAGE_PRETRAINING,
+}
 # Embedding tables are padded to a multiple of this, as real Qwen checkpoints are.
 VOCAB_PAD_MULTIPLE = 64
 
@@ -108,22 +115,18 @@ def build_tiny_model(
         if cfg.family == "qwen2_vl"
         else Qwen2_5_VLForConditionalGeneration
     )
-    generator_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(cfg.seed)
-        model = model_class(config)
-    finally:
-        torch.random.set_rng_state(generator_state)
-    return model.eval()
+    with torch_seeded(cfg.seed):
+        return model_class(config).eval()
 
 
 def save_tiny_backbone(backbone: BackboneConfig, out_dir: Path) -> Path:
     """Build tokenizer, processor and model of the tiny backbone and ``save_pretrained`` them.
 
     With ``tiny.pretrain_vision.steps`` the vision tower is pretrained first
-    (:mod:`muco.model.vision_pretraining`) and its report saved beside the weights as
-    :data:`VISION_PRETRAINING`. The directory appears atomically: a reader never sees a
-    half-written backbone.
+    (:mod:`muco.model.vision_pretraining`), then with ``tiny.pretrain_language.steps`` the
+    language model is instruction-tuned (:mod:`muco.model.language_pretraining`); each report is
+    saved beside the weights (:data:`PRETRAINING_REPORTS`). The directory appears atomically: a
+    reader never sees a half-written backbone.
     """
     cfg = backbone.tiny
     tokenizer = train_tokenizer(cfg.vocab_size)
@@ -137,19 +140,33 @@ def save_tiny_backbone(backbone: BackboneConfig, out_dir: Path) -> Path:
         tokenizer,
         chat_template=tokenizer.chat_template,
     )
-    report = None
+    records = {}
     if cfg.pretrain_vision.steps:
         report = pretrain_vision_tower(model, processor.image_processor, cfg.pretrain_vision)
+        records[VISION_PRETRAINING] = {
+            "config": cfg.pretrain_vision.model_dump(),
+            **report.metrics(),
+        }
+    if cfg.pretrain_language.steps:
+        report = pretrain_language_model(model, processor, cfg.pretrain_language)
+        records[LANGUAGE_PRETRAINING] = {
+            "config": cfg.pretrain_language.model_dump(),
+            **report.metrics(),
+        }
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        if report is not None:
-            record = {"config": cfg.pretrain_vision.model_dump(), **report.metrics()}
-            atomic_write_json(tmp / VISION_PRETRAINING, record)
+        for name, record in records.items():
+            atomic_write_json(tmp / name, record)
     return out_dir
 
 
-def read_vision_pretraining(model_dir: Path) -> dict | None:
-    """The vision pretraining report saved with a tiny backbone, or None if it has none."""
-    path = Path(model_dir) / VISION_PRETRAINING
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+def read_pretraining(model_dir: Path) -> dict[str, dict]:
+    """The pretraining reports saved with a tiny backbone, by kind (:data:`PRETRAINING_REPORTS`
+    keys); kinds that did not run are absent."""
+    reports = {}
+    for kind, name in PRETRAINING_REPORTS.items():
+        path = Path(model_dir) / name
+        if path.exists():
+            reports[kind] = json.loads(path.read_text(encoding="utf-8"))
+    return reports

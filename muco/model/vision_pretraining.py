@@ -41,6 +41,7 @@ from transformers import PreTrainedModel
 
 from muco.config import VisionPretrainConfig
 from muco.images import scenes
+from muco.model.seeding import torch_seeded
 
 EMPTY = "empty"
 CELLS: tuple[tuple[int, int], ...] = tuple(scenes.CELL_NAMES)
@@ -70,7 +71,8 @@ def cell_labels(scene_list: Sequence[scenes.Scene]) -> dict[str, Tensor]:
 
 @dataclass(frozen=True)
 class PretrainReport:
-    """What pretraining did: steps, last-step loss, validation accuracy (%) per attribute."""
+    """What a pretraining did: steps, scenes seen, last-step loss, validation accuracy (%) per
+    target (an attribute here, a turn kind in :mod:`muco.model.language_pretraining`)."""
 
     steps: int
     scenes: int
@@ -242,12 +244,8 @@ def pretrain_vision_tower(
 ) -> PretrainReport:
     """Train ``model``'s vision tower in place (module docstring); deterministic under
     ``cfg.seed``. The global torch generator is restored afterwards."""
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(cfg.seed)
+    with torch_seeded(cfg.seed):
         return _pretrain(model, image_processor, cfg)
-    finally:
-        torch.random.set_rng_state(state)
 
 
 def _pretrain(

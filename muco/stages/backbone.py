@@ -16,7 +16,7 @@ from transformers.utils import logging as hf_logging
 from muco.config import load_params
 from muco.io import atomic_write_json
 from muco.model.backbone import load_backbone_from_config, prepare_backbone
-from muco.model.tiny import read_vision_pretraining
+from muco.model.tiny import read_pretraining
 from muco.stages import run_stage
 
 
@@ -42,11 +42,9 @@ def _run(args: argparse.Namespace) -> int:
         "layers": config.text_config.num_hidden_layers,
         "tokenizer_size": len(backbone.processor.tokenizer),
     }
-    pretraining = read_vision_pretraining(args.out)
-    if pretraining is not None:
-        metrics["vision_pretraining"] = {
-            key: pretraining[key]
-            for key in ("steps", "scenes", "final_loss", "validation_accuracy")
+    for kind, report in read_pretraining(args.out).items():
+        metrics[kind] = {
+            key: report[key] for key in ("steps", "scenes", "final_loss", "validation_accuracy")
         }
     atomic_write_json(args.metrics, metrics)
     print(
