@@ -46,6 +46,8 @@ from muco.synthesis.generators.scene_graph import content_for_scene
 
 ASSISTANT_START = "<|im_start|>assistant\n"
 IGNORE_INDEX = -100
+# Samples per validation forward: the questions of eight scenes.
+VALIDATION_BATCH = 8 * len(TurnType)
 
 
 @dataclass(frozen=True)
@@ -171,16 +173,13 @@ def _pretrain(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    model.train(was_training)
     seen = cfg.steps * cfg.batch_size
     validation = _samples(cfg, seen, cfg.validation_scenes)
     model.eval()
     correct = []
     with torch.no_grad():
-        for start in range(0, len(validation), 8 * len(TurnType)):
-            batch = collate(
-                processor, validation[start : start + 8 * len(TurnType)], cfg.image_size
-            )
+        for start in range(0, len(validation), VALIDATION_BATCH):
+            batch = collate(processor, validation[start : start + VALIDATION_BATCH], cfg.image_size)
             correct.append(answer_correct(model(**batch).logits, batch["labels"]))
     model.train(was_training)
     hits = torch.cat(correct)
