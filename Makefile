@@ -41,7 +41,7 @@ $(PY):
 # the project installs without build isolation; DS_BUILD_OPS=0 compiles no op ahead of time.
 $(VENV)/.installed: pyproject.toml Makefile $(TORCH_CONSTRAINTS) | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(PIP_CONSTRAINTS) torch "setuptools>=69" wheel
+	$(PY) -m pip install --quiet $(PIP_CONSTRAINTS) torch "setuptools>=77" wheel
 	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-build-isolation $(PIP_CONSTRAINTS) \
 		-e ".[$(EXTRAS)]"
 	touch $@
