@@ -1,7 +1,7 @@
 """The default profile end to end: what `make run` promises about the trained model.
 
 Runs every stage of ``dvc.yaml`` (its own commands, in order) with the repository's
-``params.yaml`` in a scratch directory, then reads ``metrics/eval.json``. About 10 minutes on
+``params.yaml`` in a scratch directory, then reads ``metrics/eval.json``. About 45 minutes on
 two cores, hence ``slow``.
 """
 
@@ -21,11 +21,10 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPLIT = "test"
 META_TASKS = ("classification", "vqa", "retrieval", "grounding")
-# Issue 5's bar: three times chance overall and per meta-task. VQA does not reach it yet (it
-# asks about the object in a named cell; README, "Isolated target turns"): measured 2.89x with
-# isolated target turns, floor 2.5x.
-TIMES_CHANCE = {"overall": 3.0, "classification": 3.0, "retrieval": 3.0, "grounding": 3.0}
-VQA_TIMES_CHANCE = 2.5
+# Issue 6's bar: three times chance overall and per meta-task on `test`. Measured over three
+# training seeds and two backbones, the lowest are grounding 3.1x and VQA 3.7x (README,
+# "Instruction-tuned language model").
+TIMES_CHANCE = 3.0
 # "Clearly above the untrained backbone": by at least this many points of hit@1.
 MARGIN_OVER_BACKBONE = 5.0
 
@@ -66,10 +65,9 @@ def test_default_profile_beats_chance_and_the_backbone_on_scenes_bench(
 ) -> None:
     scores = json.loads((default_profile / "metrics/eval.json").read_text())
     trained, backbone = scores["scenes"]["summary"], scores["baseline"]["scenes"]["summary"]
-    floors = {**TIMES_CHANCE, "vqa": VQA_TIMES_CHANCE}
     for key in ("overall", *META_TASKS):
         score, chance = trained[f"{SPLIT}/{key}"], trained[f"{SPLIT}/{key}/chance"]
-        assert score >= floors[key] * chance, f"{key}: {score:.1f} < {floors[key]} x {chance:.1f}"
+        assert score >= TIMES_CHANCE * chance, f"{key}: {score:.1f} < {TIMES_CHANCE} x {chance:.1f}"
         for split in (SPLIT, "test_unseen"):
             untrained = backbone[f"{split}/{key}"]
             assert trained[f"{split}/{key}"] >= untrained + MARGIN_OVER_BACKBONE, (

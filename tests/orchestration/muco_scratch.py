@@ -41,9 +41,9 @@ SCRATCH_GITIGNORE = "__pycache__/\n*.pyc\n/.cache/\n/checkpoints/\n"
 def tiny_params(*, whole_graph: bool) -> dict[str, Any]:
     """``params.yaml`` with only the sizes changed: every key dvc.yaml names stays.
 
-    ``whole_graph`` also shrinks the backbone, its vision pretraining and training so the graph
-    runs end to end in about a minute on two cores (8 records pass the gate, two training
-    steps).
+    ``whole_graph`` also shrinks the backbone, its vision and language pretraining and training
+    so the graph runs end to end in about a minute on two cores (8 records pass the gate, two
+    training steps).
     """
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["images"]["source"] = TINY_SCENES
@@ -52,6 +52,7 @@ def tiny_params(*, whole_graph: bool) -> dict[str, Any]:
         params["validate"]["min_records"] = 8
         params["backbone"]["tiny"].update(hidden_size=32, num_layers=1, vocab_size=512)
         params["backbone"]["tiny"]["pretrain_vision"].update(steps=2, batch_size=4)
+        params["backbone"]["tiny"]["pretrain_language"].update(steps=2, batch_size=2)
         params["train"].update(
             global_batch_size=8, micro_batch_size=4, max_steps=2, warmup_steps=0, log_every_steps=1
         )
